@@ -1,0 +1,38 @@
+"""The ATLAS host contract: markers, call/usage/verdict types, hook specs, loader, guard.
+
+This package holds no budget code. ATLAS imports only this; plugins are found
+through the entry-point group ``atlas`` and write ``from hookspecs import hookimpl``.
+"""
+
+from .guard import CallGuard, guarded_call, run_guarded
+from .loader import (
+    BLOCKED_ENV,
+    STRICT_ENV,
+    LoadFailure,
+    PluginLoadError,
+    load_entry_points,
+    load_plugins,
+    plugin_names,
+)
+from .specs import PROJECT, hookimpl, hookspec
+from .types import CallBlocked, LLMCall, LLMUsage, Verdict
+
+__all__ = [
+    "BLOCKED_ENV",
+    "PROJECT",
+    "STRICT_ENV",
+    "CallBlocked",
+    "CallGuard",
+    "LLMCall",
+    "LLMUsage",
+    "LoadFailure",
+    "PluginLoadError",
+    "Verdict",
+    "guarded_call",
+    "hookimpl",
+    "hookspec",
+    "load_entry_points",
+    "load_plugins",
+    "plugin_names",
+    "run_guarded",
+]
