@@ -1,0 +1,113 @@
+"""The ``atlas`` hook implementations: a thin adapter from ATLAS's hooks to the budget services."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+
+import peewee as pw
+
+from hookspecs import LLMCall, LLMUsage, Verdict, hookimpl
+
+from .bootstrap import BudgetServices, bootstrap
+from .exceptions import StoreUnavailable
+from .types import BudgetDecision
+
+log = logging.getLogger("atlas_budget_plugin")
+
+SOURCE = "atlas-budget"
+STORE_ERRORS = (pw.OperationalError, pw.InterfaceError, StoreUnavailable)
+
+
+def to_verdict(decision: BudgetDecision) -> Verdict:
+    details = {
+        "estimated_cost": decision.estimated_cost,
+        "price_source": decision.price_source,
+        "policy": decision.deciding_policy,
+        "policies": [
+            {
+                "name": s.policy_name,
+                "enforcement": s.enforcement,
+                "limit": s.limit,
+                "spent": s.spent,
+                "reserved": s.reserved,
+                "remaining_after": s.remaining_after,
+            }
+            for s in decision.standings
+        ],
+    }
+    return Verdict(decision.allowed, decision.reason, decision.warnings, SOURCE, details)
+
+
+class BudgetPlugin:
+    """Hook implementations bound to one set of services (built lazily on first use)."""
+
+    def __init__(self, services: BudgetServices | Callable[[], BudgetServices] | None = None) -> None:
+        self._factory: Callable[[], BudgetServices] = (
+            (lambda: services) if isinstance(services, BudgetServices) else (services or bootstrap)  # type: ignore[assignment]
+        )
+        self._services: BudgetServices | None = services if isinstance(services, BudgetServices) else None
+        self._lock = threading.Lock()
+
+    @property
+    def services(self) -> BudgetServices:
+        if self._services is None:
+            with self._lock:
+                if self._services is None:
+                    self._services = self._factory()
+        return self._services
+
+    @hookimpl
+    def pre_llm_call(self, call: LLMCall) -> Verdict | None:
+        try:
+            decision = self.services.policies.check_budget(call)
+        except STORE_ERRORS as exc:
+            return self._store_down(call, exc)
+        return to_verdict(decision)
+
+    def _store_down(self, call: LLMCall, exc: Exception) -> Verdict:
+        mode = self.services.settings.on_store_error
+        log.error("budget store unreachable while checking call %s: %s (on_store_error=%s)", call.call_id, exc, mode)
+        reason = f"budget store unreachable ({type(exc).__name__}); on_store_error = {mode}"
+        if mode == "allow":
+            return Verdict(True, reason, (f"budget not checked: {reason}",), SOURCE)
+        return Verdict(False, reason, (), SOURCE)
+
+    @hookimpl
+    def post_llm_call(self, call: LLMCall, usage: LLMUsage, error: BaseException | None) -> None:
+        self.services.tracking.record_call(call, usage, error)
+
+    @hookimpl
+    def on_period_tick(self, now: datetime) -> None:
+        expired = self.services.policies.expire_reservations(now)
+        if expired:
+            log.info("released %d expired reservation(s)", expired)
+
+
+_default = BudgetPlugin()
+
+
+def set_services(services: BudgetServices | None) -> None:
+    """Point the module-level hooks at ``services`` (None: bootstrap lazily from settings again)."""
+    global _default
+    _default = BudgetPlugin(services)
+
+
+@hookimpl
+def pre_llm_call(call: LLMCall) -> Verdict | None:
+    """Check the call against every matching policy and reserve its estimated cost."""
+    return _default.pre_llm_call(call)
+
+
+@hookimpl
+def post_llm_call(call: LLMCall, usage: LLMUsage, error: BaseException | None) -> None:
+    """Price and record the call's usage durably, settling (or releasing) its reservation."""
+    _default.post_llm_call(call, usage, error)
+
+
+@hookimpl
+def on_period_tick(now: datetime) -> None:
+    """Expire stale reservations (and, with the alert service, evaluate alerts)."""
+    _default.on_period_tick(now)

@@ -1,0 +1,332 @@
+"""BudgetPolicyService: policy CRUD with permissions and audit, and the pre-flight check-and-reserve."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pydantic
+
+from hookspecs import LLMCall
+
+from .bus import MessageBus
+from .exceptions import ConflictError, NotFoundError, UnknownPriceError, ValidationError
+from .money import from_units, to_units
+from .periods import bucket_hour, parse_period, previous_window, window
+from .permissions import BudgetPermissionChecker
+from .pricing import Pricer
+from .settings import BudgetSettings, PolicySpec
+from .store import Ledger, Standing, Target
+from .store.repository import PolicyRepository
+from .types import (
+    Actor,
+    BudgetDecision,
+    BudgetLimitEvent,
+    BudgetPolicyEvent,
+    Enforcement,
+    Policy,
+    PolicyStanding,
+    Scope,
+    utcnow,
+)
+
+Clock = Callable[[], datetime]
+
+#: Tag a call carries to pass a ``soft_block`` policy: the policy's name, or ``*`` for all.
+OVERRIDE_TAG = "budget_override"
+
+
+def _invalid(exc: pydantic.ValidationError, what: str) -> ValidationError:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or what
+        parts.append(f"{key}: {str(err['msg']).removeprefix('Value error, ')}")
+    return ValidationError(f"invalid {what}: " + "; ".join(parts))
+
+
+class BudgetPolicyService:
+    """Owns policies and the decision whether a call may go ahead."""
+
+    def __init__(
+        self,
+        repository: PolicyRepository,
+        ledger: Ledger,
+        pricer: Pricer,
+        bus: MessageBus,
+        settings: BudgetSettings,
+        permissions: BudgetPermissionChecker | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.repository = repository
+        self.ledger = ledger
+        self.pricer = pricer
+        self.bus = bus
+        self.settings = settings
+        self.permissions = permissions or BudgetPermissionChecker()
+        self.clock = clock
+
+    # -- CRUD -------------------------------------------------------------------------------
+
+    def _validated(self, data: dict[str, Any]) -> Policy:
+        try:
+            return Policy.model_validate(data)
+        except pydantic.ValidationError as exc:
+            raise _invalid(exc, "policy") from None
+
+    def _check_conflict(self, policy: Policy) -> None:
+        other = self.repository.conflicting(policy)
+        if other is None:
+            return
+        if other.name == policy.name:
+            raise ConflictError(f"a policy named {policy.name!r} already exists in tenant {policy.tenant!r}")
+        raise ConflictError(
+            f"policy {other.name!r} already limits scope {{{policy.scope.key() or 'whole tenant'}}} "
+            f"per {policy.period}; update it instead of adding a second one"
+        )
+
+    def _publish(self, topic: str, policy: Policy, actor: Actor) -> None:
+        self.bus.publish(BudgetPolicyEvent(topic=topic, tenant=policy.tenant, policy=policy, actor=actor.id))
+
+    def create_policy(self, actor: Actor, policy: Policy | dict[str, Any]) -> Policy:
+        """Create a policy in the actor's tenant (needs ``budget:write``)."""
+        data = policy.model_dump(exclude_unset=True) if isinstance(policy, Policy) else dict(policy)
+        data.setdefault("tenant", actor.tenant)
+        data.pop("id", None)
+        data.pop("version", None)
+        self.permissions.require(actor, "budget:write", data["tenant"])
+        candidate = self._validated(data)
+        self._check_conflict(candidate)
+        stored = self.repository.add(candidate, actor.id, self.clock())
+        self._publish("budget.policy_created", stored, actor)
+        return stored
+
+    def get_policy(self, actor: Actor, policy_id: int) -> Policy:
+        """A policy of the actor's tenant (needs ``budget:read``); other tenants' are not found."""
+        self.permissions.require(actor, "budget:read")
+        policy = self.repository.get(actor.tenant, policy_id)
+        if policy is None:
+            raise NotFoundError(f"no policy with id {policy_id} in tenant {actor.tenant!r}")
+        return policy
+
+    def list_policies(
+        self, actor: Actor, scope: Scope | dict[str, Any] | None = None, filters: dict[str, Any] | None = None
+    ) -> list[Policy]:
+        """Policies of the actor's tenant whose scope includes ``scope``'s keys, then ``filters``."""
+        self.permissions.require(actor, "budget:read")
+        wanted = Scope.model_validate(scope or {}).as_dict()
+        result = []
+        for policy in self.repository.list(actor.tenant):
+            have = policy.scope.as_dict()
+            if any(have.get(k) != v for k, v in wanted.items()):
+                continue
+            if filters and any(getattr(policy, k, None) != v for k, v in filters.items()):
+                continue
+            result.append(policy)
+        return result
+
+    def update_policy(
+        self, actor: Actor, policy_id: int, updates: dict[str, Any], expected_version: int | None = None
+    ) -> Policy:
+        """Apply a partial update; ``expected_version`` (or ``updates['version']``) guards lost updates."""
+        self.permissions.require(actor, "budget:write")
+        before = self.get_policy(actor, policy_id)
+        updates = dict(updates)
+        expected = updates.pop("version", expected_version)
+        for fixed in ("id", "tenant", "created_at", "updated_at"):
+            if fixed in updates:
+                raise ValidationError(f"policy field {fixed!r} cannot be changed")
+        if expected is not None and expected != before.version:
+            raise ConflictError(
+                f"policy {before.name!r} is at version {before.version}, not {expected}; reload it and retry"
+            )
+        after = self._validated({**before.model_dump(), **updates})
+        self._check_conflict(after)
+        stored = self.repository.replace(before, after, actor.id, self.clock())
+        if stored is None:
+            raise ConflictError(f"policy {before.name!r} was changed by someone else; reload it and retry")
+        self._publish("budget.policy_updated", stored, actor)
+        return stored
+
+    def delete_policy(self, actor: Actor, policy_id: int) -> None:
+        self.permissions.require(actor, "budget:write")
+        policy = self.get_policy(actor, policy_id)
+        self.repository.remove(policy, actor.id, self.clock())
+        self._publish("budget.policy_deleted", policy, actor)
+
+    def audit_trail(self, actor: Actor, limit: int = 100) -> list[dict[str, Any]]:
+        """Who changed which policy when, before and after (needs ``budget:admin``)."""
+        self.permissions.require(actor, "budget:admin")
+        return self.repository.audit_trail(actor.tenant, limit)
+
+    def apply_declared(self, specs: Iterable[PolicySpec]) -> list[Policy]:
+        """Create or update the policies declared in settings, matched by tenant and name."""
+        applied = []
+        for spec in specs:
+            actor = Actor.system(spec.tenant)
+            data = spec.model_dump(exclude={"id", "version", "created_at", "updated_at"})
+            existing = self.repository.by_name(spec.tenant, spec.name)
+            if existing is None:
+                applied.append(self.create_policy(actor, data))
+                continue
+            current = existing.model_dump(exclude={"id", "version", "created_at", "updated_at"})
+            if current != data:
+                applied.append(self.update_policy(actor, existing.id or 0, data))
+            else:
+                applied.append(existing)
+        return applied
+
+    # -- enforcement ------------------------------------------------------------------------
+
+    def enforcement(self, policy: Policy) -> Enforcement:
+        return policy.enforcement or self.settings.default_enforcement
+
+    def _target(self, policy: Policy, now: datetime) -> Target:
+        period = parse_period(policy.period)
+        start, end = window(period, policy.timezone, now)
+        prev = previous_window(period, policy.timezone, now)
+        return Target(
+            policy_id=policy.id or 0,
+            period=period,
+            window_start=start,
+            window_end=end,
+            limit_units=to_units(policy.limit),
+            rollover_cap_units=to_units(policy.rollover_cap),
+            previous_window_start=prev[0] if prev else None,
+            policy_created_at=policy.created_at,
+            counter_start=bucket_hour(now) if period.is_rolling else None,
+        )
+
+    def matching(self, call: LLMCall) -> list[Policy]:
+        """Enabled policies of the call's tenant whose scope matches the call."""
+        return [p for p in self.repository.list(call.tenant, enabled_only=True) if p.scope.matches(call)]
+
+    def targets_for(self, call: LLMCall, now: datetime | None = None) -> list[Target]:
+        now = now or self.clock()
+        return [self._target(p, now) for p in self.matching(call)]
+
+    def _standing(self, policy: Policy, standing: Standing, requested: int) -> PolicyStanding:
+        return PolicyStanding(
+            policy_id=policy.id or 0,
+            policy_name=policy.name,
+            enforcement=self.enforcement(policy),
+            window_start=standing.target.window_start,
+            window_end=standing.target.window_end,
+            limit=from_units(standing.limit_units),
+            spent=from_units(standing.spent_units),
+            reserved=from_units(standing.reserved_units),
+            requested=from_units(requested),
+        )
+
+    def _blocks(self, standing: PolicyStanding, call: LLMCall) -> bool:
+        if standing.fits or standing.enforcement == "warn":
+            return False
+        if standing.enforcement == "soft_block":
+            return call.tags.get(OVERRIDE_TAG) not in (standing.policy_name, "*")
+        return True
+
+    def check_budget(self, operation: LLMCall, estimated_cost: Decimal | None = None) -> BudgetDecision:
+        """Check ``operation`` against every matching policy and reserve its estimate on all or none.
+
+        The verdict names the deciding policy, its spend, limit and what remains;
+        warnings say which thresholds the call would cross. The reservation is
+        settled by :meth:`BudgetTrackingService.record_call` or expires after
+        ``reservation_ttl``.
+        """
+        call = operation
+        now = self.clock()
+        try:
+            estimate = self.pricer.estimate(call) if estimated_cost is None else None
+        except UnknownPriceError as exc:
+            return BudgetDecision(
+                allowed=False, reason=f"{exc} (unknown_model = block)", estimated_cost=Decimal(0), price_source="unknown"
+            )
+        amount = estimated_cost if estimated_cost is not None else estimate.cost  # type: ignore[union-attr]
+        source = "caller estimate" if estimate is None else estimate.source
+        if amount < 0:
+            raise ValidationError(f"estimated_cost must not be negative, got {amount}")
+        policies = self.matching(call)
+        if not policies:
+            return BudgetDecision(allowed=True, reason="no budget policy applies", estimated_cost=amount, price_source=source)
+        by_id = {p.id: p for p in policies}
+        targets = [self._target(p, now) for p in policies]
+        units = to_units(amount)
+        views: list[PolicyStanding] = []
+
+        def decide(standings: list[Standing]) -> bool:
+            views[:] = [self._standing(by_id[s.target.policy_id], s, units) for s in standings]
+            return not any(self._blocks(v, call) for v in views)
+
+        expires = now + timedelta(seconds=self.settings.reservation_ttl)
+        _, held = self.ledger.reserve(call.call_id, targets, units, now, expires, decide)
+        return self._decision(call, views, held, amount, source, by_id)
+
+    def _decision(
+        self,
+        call: LLMCall,
+        views: Sequence[PolicyStanding],
+        held: bool,
+        amount: Decimal,
+        source: str,
+        by_id: dict[int | None, Policy],
+    ) -> BudgetDecision:
+        warnings = []
+        deciding = None
+        for view in sorted(views, key=lambda v: v.remaining_after):
+            if not view.fits:
+                self.bus.publish(
+                    BudgetLimitEvent(
+                        topic="budget.limit_exceeded",
+                        tenant=call.tenant,
+                        policy_id=view.policy_id,
+                        policy_name=view.policy_name,
+                        call_id=call.call_id,
+                        spent=view.spent,
+                        limit=view.limit,
+                        requested=view.requested,
+                    )
+                )
+                if self._blocks(view, call):
+                    deciding = deciding or view
+                    continue
+                warnings.append(
+                    f"policy {view.policy_name!r} ({view.enforcement}) is over its limit of {view.limit}: "
+                    f"spent {view.spent} + reserved {view.reserved} + this call {view.requested}"
+                )
+                continue
+            used_after = view.limit - view.remaining_after
+            used_before = view.spent + view.reserved
+            for pct in by_id[view.policy_id].thresholds:
+                mark = view.limit * pct / 100
+                if used_before < mark <= used_after:
+                    warnings.append(f"this call takes policy {view.policy_name!r} past {pct}% of {view.limit}")
+        if not held:
+            assert deciding is not None
+            return BudgetDecision(
+                allowed=False,
+                reason=(
+                    f"budget {deciding.policy_name!r} ({deciding.enforcement}) would be exceeded: limit "
+                    f"{deciding.limit}, spent {deciding.spent}, reserved {deciding.reserved}, this call "
+                    f"~{deciding.requested}"
+                ),
+                estimated_cost=amount,
+                price_source=source,
+                deciding_policy=deciding.policy_name,
+                standings=tuple(views),
+            )
+        tightest = min(views, key=lambda v: v.remaining_after) if views else None
+        return BudgetDecision(
+            allowed=True,
+            reason="within budget" if not warnings else "allowed with warnings",
+            estimated_cost=amount,
+            price_source=source,
+            deciding_policy=tightest.policy_name if tightest else None,
+            warnings=tuple(warnings),
+            standings=tuple(views),
+            reserved=True,
+        )
+
+    def expire_reservations(self, now: datetime | None = None) -> int:
+        """Release holds of calls that never reported back within ``reservation_ttl``."""
+        return self.ledger.expire(now or self.clock())

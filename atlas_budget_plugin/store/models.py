@@ -1,0 +1,134 @@
+"""Peewee models of the budget store; money columns are integer nano-units, times naive UTC."""
+
+from __future__ import annotations
+
+import peewee as pw
+
+#: Bound at run time to the database chosen by ``database_url`` (see ``store.database``).
+db_proxy = pw.DatabaseProxy()
+
+#: Bump when the schema changes and add a step to ``store.database.MIGRATIONS``.
+SCHEMA_VERSION = 1
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = db_proxy
+        legacy_table_names = False
+
+
+class SchemaVersion(BaseModel):
+    """One row: the schema version this database was created or migrated to."""
+
+    version = pw.IntegerField()
+
+
+class PolicyRow(BaseModel):
+    tenant = pw.CharField(max_length=200)
+    name = pw.CharField(max_length=200)
+    scope_json = pw.TextField(default="{}")
+    scope_key = pw.CharField(max_length=500, default="")
+    period = pw.CharField(max_length=32)
+    timezone = pw.CharField(max_length=64, default="UTC")
+    limit_units = pw.BigIntegerField()
+    currency = pw.CharField(max_length=3, default="USD")
+    enforcement = pw.CharField(max_length=16, null=True)
+    thresholds_json = pw.TextField(default="[]")
+    rollover_cap_units = pw.BigIntegerField(default=0)
+    enabled = pw.BooleanField(default=True)
+    priority = pw.IntegerField(default=0)
+    version = pw.IntegerField(default=1)
+    created_at = pw.DateTimeField()
+    updated_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "budget_policy"
+        indexes = ((("tenant", "name"), True),)
+
+
+class SpendCounter(BaseModel):
+    """Spend and holds of one policy in one window (a rolling window sums its hourly counters)."""
+
+    policy_id = pw.IntegerField()
+    window_start = pw.DateTimeField()
+    spent_units = pw.BigIntegerField(default=0)
+    reserved_units = pw.BigIntegerField(default=0)
+    carry_units = pw.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "budget_spend_counter"
+        indexes = ((("policy_id", "window_start"), True),)
+
+
+class Hold(BaseModel):
+    """An amount reserved for a call on one counter until the call settles or the hold expires."""
+
+    call_id = pw.CharField(max_length=200, index=True)
+    counter_id = pw.IntegerField()
+    policy_id = pw.IntegerField()
+    amount_units = pw.BigIntegerField()
+    created_at = pw.DateTimeField()
+    expires_at = pw.DateTimeField(index=True)
+
+    class Meta:
+        table_name = "budget_hold"
+
+
+class UsageRow(BaseModel):
+    call_id = pw.CharField(max_length=200, unique=True)
+    tenant = pw.CharField(max_length=200)
+    actor = pw.CharField(max_length=200, null=True)
+    provider = pw.CharField(max_length=100)
+    model = pw.CharField(max_length=200)
+    operation = pw.CharField(max_length=50)
+    category = pw.CharField(max_length=100, null=True)
+    tags_json = pw.TextField(default="{}")
+    input_tokens = pw.BigIntegerField(default=0)
+    output_tokens = pw.BigIntegerField(default=0)
+    cache_read_tokens = pw.BigIntegerField(default=0)
+    cache_write_tokens = pw.BigIntegerField(default=0)
+    cost_units = pw.BigIntegerField()
+    price_source = pw.CharField(max_length=200)
+    error = pw.TextField(null=True)
+    recorded_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "budget_usage"
+        indexes = ((("tenant", "recorded_at"), False),)
+
+
+class ThresholdMark(BaseModel):
+    """A threshold already announced for a policy window, so it is announced once."""
+
+    policy_id = pw.IntegerField()
+    window_start = pw.DateTimeField()
+    threshold = pw.IntegerField()
+
+    class Meta:
+        table_name = "budget_threshold_mark"
+        indexes = ((("policy_id", "window_start", "threshold"), True),)
+
+
+class AuditEntry(BaseModel):
+    tenant = pw.CharField(max_length=200, index=True)
+    actor = pw.CharField(max_length=200)
+    action = pw.CharField(max_length=50)
+    object_type = pw.CharField(max_length=50)
+    object_id = pw.CharField(max_length=200)
+    before_json = pw.TextField(null=True)
+    after_json = pw.TextField(null=True)
+    at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "budget_audit"
+
+
+ALL_MODELS: list[type[BaseModel]] = [
+    SchemaVersion,
+    PolicyRow,
+    SpendCounter,
+    Hold,
+    UsageRow,
+    ThresholdMark,
+    AuditEntry,
+]

@@ -1,0 +1,162 @@
+"""Policy rows <-> Policy objects, and the audit trail; every query is scoped to one tenant."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import peewee as pw
+
+from ..money import from_units, to_units
+from ..types import Policy, Scope
+from .database import write_transaction
+from .ledger import aware, naive
+from .models import AuditEntry, Hold, PolicyRow, SpendCounter, ThresholdMark
+
+
+def to_policy(row: PolicyRow) -> Policy:
+    return Policy(
+        id=row.id,
+        name=row.name,
+        tenant=row.tenant,
+        scope=Scope(**json.loads(row.scope_json)),
+        period=row.period,
+        timezone=row.timezone,
+        limit=from_units(row.limit_units),
+        currency=row.currency,
+        enforcement=row.enforcement,
+        thresholds=json.loads(row.thresholds_json),
+        rollover_cap=from_units(row.rollover_cap_units),
+        enabled=row.enabled,
+        priority=row.priority,
+        version=row.version,
+        created_at=aware(row.created_at),
+        updated_at=aware(row.updated_at),
+    )
+
+
+def _columns(policy: Policy) -> dict[str, Any]:
+    return {
+        "tenant": policy.tenant,
+        "name": policy.name,
+        "scope_json": json.dumps(policy.scope.as_dict(), sort_keys=True),
+        "scope_key": policy.scope.key(),
+        "period": policy.period,
+        "timezone": policy.timezone,
+        "limit_units": to_units(policy.limit),
+        "currency": policy.currency,
+        "enforcement": policy.enforcement,
+        "thresholds_json": json.dumps(policy.thresholds),
+        "rollover_cap_units": to_units(policy.rollover_cap),
+        "enabled": policy.enabled,
+        "priority": policy.priority,
+    }
+
+
+def policy_json(policy: Policy | None) -> str | None:
+    return None if policy is None else policy.model_dump_json()
+
+
+class PolicyRepository:
+    """Stores policies and their audit trail."""
+
+    def __init__(self, db: pw.Database) -> None:
+        self.db = db
+
+    def get(self, tenant: str, policy_id: int) -> Policy | None:
+        row = PolicyRow.get_or_none((PolicyRow.tenant == tenant) & (PolicyRow.id == policy_id))
+        return to_policy(row) if row else None
+
+    def by_name(self, tenant: str, name: str) -> Policy | None:
+        row = PolicyRow.get_or_none((PolicyRow.tenant == tenant) & (PolicyRow.name == name))
+        return to_policy(row) if row else None
+
+    def list(self, tenant: str, enabled_only: bool = False) -> list[Policy]:
+        query = PolicyRow.select().where(PolicyRow.tenant == tenant)
+        if enabled_only:
+            query = query.where(PolicyRow.enabled == True)  # noqa: E712 - peewee expression
+        return [to_policy(r) for r in query.order_by(PolicyRow.priority.desc(), PolicyRow.id)]
+
+    def conflicting(self, policy: Policy) -> Policy | None:
+        """Another policy of the tenant with the same name, or the same scope and period."""
+        query = PolicyRow.select().where(
+            (PolicyRow.tenant == policy.tenant)
+            & (
+                (PolicyRow.name == policy.name)
+                | ((PolicyRow.scope_key == policy.scope.key()) & (PolicyRow.period == policy.period))
+            )
+        )
+        if policy.id is not None:
+            query = query.where(PolicyRow.id != policy.id)
+        row = query.first()
+        return to_policy(row) if row else None
+
+    def _audit(self, actor: str, action: str, before: Policy | None, after: Policy | None, now: datetime) -> None:
+        subject = after or before
+        assert subject is not None
+        AuditEntry.create(
+            tenant=subject.tenant,
+            actor=actor,
+            action=action,
+            object_type="policy",
+            object_id=str(subject.id),
+            before_json=policy_json(before),
+            after_json=policy_json(after),
+            at=naive(now),
+        )
+
+    def add(self, policy: Policy, actor: str, now: datetime) -> Policy:
+        with write_transaction(self.db):
+            row_id = PolicyRow.insert(
+                **_columns(policy), version=1, created_at=naive(now), updated_at=naive(now)
+            ).execute()
+            stored = to_policy(PolicyRow.get_by_id(row_id))
+            self._audit(actor, "create", None, stored, now)
+            return stored
+
+    def replace(self, before: Policy, after: Policy, actor: str, now: datetime) -> Policy | None:
+        """Write ``after`` if the stored version is still ``before.version``; None when it changed."""
+        with write_transaction(self.db):
+            changed = (
+                PolicyRow.update(**_columns(after), version=before.version + 1, updated_at=naive(now))
+                .where(
+                    (PolicyRow.id == before.id)
+                    & (PolicyRow.tenant == before.tenant)
+                    & (PolicyRow.version == before.version)
+                )
+                .execute()
+            )
+            if not changed:
+                return None
+            stored = to_policy(PolicyRow.get_by_id(before.id))
+            self._audit(actor, "update", before, stored, now)
+            return stored
+
+    def remove(self, policy: Policy, actor: str, now: datetime) -> None:
+        with write_transaction(self.db):
+            PolicyRow.delete().where(PolicyRow.id == policy.id).execute()
+            SpendCounter.delete().where(SpendCounter.policy_id == policy.id).execute()
+            Hold.delete().where(Hold.policy_id == policy.id).execute()
+            ThresholdMark.delete().where(ThresholdMark.policy_id == policy.id).execute()
+            self._audit(actor, "delete", policy, None, now)
+
+    def audit_trail(self, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
+        query = (
+            AuditEntry.select()
+            .where(AuditEntry.tenant == tenant)
+            .order_by(AuditEntry.id.desc())
+            .limit(limit)
+        )
+        return [
+            {
+                "at": aware(e.at),
+                "actor": e.actor,
+                "action": e.action,
+                "object_type": e.object_type,
+                "object_id": e.object_id,
+                "before": json.loads(e.before_json) if e.before_json else None,
+                "after": json.loads(e.after_json) if e.after_json else None,
+            }
+            for e in query
+        ]
