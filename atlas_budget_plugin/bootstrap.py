@@ -61,7 +61,7 @@ def bootstrap(
     repository = PolicyRepository(db)
     policies = BudgetPolicyService(repository, ledger, pricer, bus, settings, permissions, clock)
     tracking = BudgetTrackingService(
-        ledger, pricer, bus, policies.targets_for, lambda tenant: repository.list(tenant), permissions, clock
+        ledger, pricer, bus, policies.targets_for, lambda tenant: repository.all(tenant), permissions, clock
     )
     services = BudgetServices(settings, db, bus, extensions, pricer, ledger, policies, tracking)
     policies.apply_declared(settings.policies)

@@ -47,8 +47,13 @@ def clear_errors() -> Iterator[None]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="atlas-budget")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), envvar="ATLAS_BUDGET_CONFIG",
-              help="Settings file (default: ~/.config/atlas/budget.toml).")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    envvar="ATLAS_BUDGET_CONFIG",
+    help="Settings file (default: ~/.config/atlas/budget.toml).",
+)
 @click.pass_context
 def main(ctx: click.Context, config_file: str | None) -> None:
     """Budgets for ATLAS LLM calls: check, record, report."""
@@ -98,18 +103,24 @@ def demo_settings(database_url: str) -> dict[str, Any]:
     return {
         "database_url": database_url,
         "policies": [
-            {"name": "alice-daily", "scope": {"actor": "alice"}, "period": "day", "limit": "0.05",
-             "enforcement": "block", "thresholds": [50, 80, 100]},
-            {"name": "bob-daily", "scope": {"actor": "bob"}, "period": "day", "limit": "0.02",
-             "enforcement": "warn"},
+            {
+                "name": "alice-daily",
+                "scope": {"actor": "alice"},
+                "period": "day",
+                "limit": "0.05",
+                "enforcement": "block",
+                "thresholds": [50, 80, 100],
+            },
+            {"name": "bob-daily", "scope": {"actor": "bob"}, "period": "day", "limit": "0.02", "enforcement": "warn"},
             {"name": "team-monthly", "period": "month", "limit": "5.00", "enforcement": "block"},
         ],
     }
 
 
 @main.command()
-@click.option("--database-url", default=None,
-              help="Store for the demo (default: a fresh demo.db in the user data dir).")
+@click.option(
+    "--database-url", default=None, help="Store for the demo (default: a fresh demo.db in the user data dir)."
+)
 @click.option("--seed", default=7, show_default=True, help="Random seed of the simulated traffic.")
 @click.option("--max-calls", default=200, show_default=True, help="Stop after this many calls.")
 @click.pass_context
@@ -138,17 +149,25 @@ def demo(ctx: click.Context, database_url: str | None, seed: int, max_calls: int
 def _run_demo(pm: Any, services: BudgetServices, rng: random.Random, max_calls: int) -> None:
     console.print(f"[bold]ATLAS budget demo[/] on {services.settings.database_url}")
     for policy in services.policies.list_policies(Actor.system()):
-        console.print(f"  policy {policy.name}: {money(policy.limit)} {policy.currency} per {policy.period} "
-                      f"({services.policies.enforcement(policy)}) scope {policy.scope.as_dict() or 'whole tenant'}")
+        console.print(
+            f"  policy {policy.name}: {money(policy.limit)} {policy.currency} per {policy.period} "
+            f"({services.policies.enforcement(policy)}) scope {policy.scope.as_dict() or 'whole tenant'}"
+        )
     blocked = 0
     with console.status("calling models...") as status:
         for n in range(1, max_calls + 1):
             actor = rng.choice(["alice", "alice", "bob", "carol"])
             provider, model = rng.choice(DEMO_MODELS)
             tokens_in, tokens_out = rng.randint(200, 3000), rng.randint(50, 800)
-            call = LLMCall(call_id=str(uuid.uuid4()), provider=provider, model=model, actor=actor,
-                           category=rng.choice(["chat", "summarise", "code"]), input_tokens=tokens_in,
-                           max_output_tokens=800)
+            call = LLMCall(
+                call_id=str(uuid.uuid4()),
+                provider=provider,
+                model=model,
+                actor=actor,
+                category=rng.choice(["chat", "summarise", "code"]),
+                input_tokens=tokens_in,
+                max_output_tokens=800,
+            )
             status.update(f"call {n}: {actor} -> {provider}/{model}")
             try:
                 with guarded_call(pm, call) as guard:
@@ -167,8 +186,10 @@ def _run_demo(pm: Any, services: BudgetServices, rng: random.Random, max_calls: 
 def _report(services: BudgetServices) -> None:
     admin = Actor.system()
     summary = services.tracking.get_usage_summary(None, "day", actor=admin)
-    console.print(f"\n[bold]Today[/]: {summary.calls} calls, {money(summary.total_cost)} USD, "
-                  f"{summary.input_tokens} input / {summary.output_tokens} output tokens")
+    console.print(
+        f"\n[bold]Today[/]: {summary.calls} calls, {money(summary.total_cost)} USD, "
+        f"{summary.input_tokens} input / {summary.output_tokens} output tokens"
+    )
     for dimension in ("actor", "provider", "model"):
         table = Table(dimension, "calls", "cost (USD)", title=f"spend by {dimension}")
         for row in services.tracking.get_spend_by(dimension, None, "day", actor=admin):
@@ -190,7 +211,7 @@ def report() -> None:
 def report_summary(ctx: click.Context, period: str, tenant: str | None, fmt: str) -> None:
     """Total spend, calls and tokens in the current period."""
     with clear_errors():
-        services = _services(ctx.parent.parent if ctx.parent and ctx.parent.parent else ctx)
+        services = _services(ctx)
         actor = Actor.system(tenant or services.settings.tenant)
         summary = services.tracking.get_usage_summary(None, period, actor=actor)
         if fmt == "json":
@@ -198,8 +219,10 @@ def report_summary(ctx: click.Context, period: str, tenant: str | None, fmt: str
             data["total_cost"] = money(summary.total_cost)
             click.echo(json.dumps(data, sort_keys=True))
         else:
-            console.print(f"{summary.period} from {summary.start:%Y-%m-%d %H:%M} UTC: {summary.calls} calls, "
-                          f"{money(summary.total_cost)}, {summary.input_tokens} in / {summary.output_tokens} out tokens")
+            console.print(
+                f"{summary.period} from {summary.start:%Y-%m-%d %H:%M} UTC: {summary.calls} calls, "
+                f"{money(summary.total_cost)}, {summary.input_tokens} in / {summary.output_tokens} out tokens"
+            )
         services.close()
 
 

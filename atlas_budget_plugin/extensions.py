@@ -49,8 +49,7 @@ class Extensions:
         result = self.pm.hook.budget_price(call=call, usage=usage)
         if result is not None and not isinstance(result, Decimal):
             raise TypeError(
-                f"a budget_price hook returned {type(result).__name__} {result!r}; it must "
-                "return a Decimal or None"
+                f"a budget_price hook returned {type(result).__name__} {result!r}; it must return a Decimal or None"
             )
         return result
 

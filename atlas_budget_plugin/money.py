@@ -46,16 +46,15 @@ def parse_money(value: Any, field: str = "amount") -> Decimal:
         result = value
     elif isinstance(value, bool) or isinstance(value, float):
         raise ValueError(
-            f"{field} must be a decimal string such as \"{value}\", not a float: floats cannot "
-            "hold money exactly"
+            f'{field} must be a decimal string such as "{value}", not a float: floats cannot hold money exactly'
         )
     elif isinstance(value, (int, str)):
         try:
             result = Decimal(str(value).strip())
         except InvalidOperation:
-            raise ValueError(f"{field} must be a decimal number such as \"20.00\", got {value!r}") from None
+            raise ValueError(f'{field} must be a decimal number such as "20.00", got {value!r}') from None
     else:
-        raise ValueError(f"{field} must be a decimal string such as \"20.00\", got {value!r}")
+        raise ValueError(f'{field} must be a decimal string such as "20.00", got {value!r}')
     if not result.is_finite():
         raise ValueError(f"{field} must be a finite amount, got {value!r}")
     if result != quantize(result):

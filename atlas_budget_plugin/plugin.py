@@ -46,7 +46,7 @@ class BudgetPlugin:
 
     def __init__(self, services: BudgetServices | Callable[[], BudgetServices] | None = None) -> None:
         self._factory: Callable[[], BudgetServices] = (
-            (lambda: services) if isinstance(services, BudgetServices) else (services or bootstrap)  # type: ignore[assignment]
+            (lambda: services) if isinstance(services, BudgetServices) else (services or bootstrap)
         )
         self._services: BudgetServices | None = services if isinstance(services, BudgetServices) else None
         self._lock = threading.Lock()

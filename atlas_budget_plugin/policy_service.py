@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import peewee as pw
 import pydantic
 
 from hookspecs import LLMCall
@@ -86,6 +87,13 @@ class BudgetPolicyService:
             f"per {policy.period}; update it instead of adding a second one"
         )
 
+    @staticmethod
+    def _write(write: Callable[[], Policy | None]) -> Policy | None:
+        try:
+            return write()
+        except pw.IntegrityError as exc:  # a concurrent writer won the race on the unique name
+            raise ConflictError(f"the policy conflicts with one stored concurrently: {exc}") from None
+
     def _publish(self, topic: str, policy: Policy, actor: Actor) -> None:
         self.bus.publish(BudgetPolicyEvent(topic=topic, tenant=policy.tenant, policy=policy, actor=actor.id))
 
@@ -97,8 +105,10 @@ class BudgetPolicyService:
         data.pop("version", None)
         self.permissions.require(actor, "budget:write", data["tenant"])
         candidate = self._validated(data)
-        self._check_conflict(candidate)
-        stored = self.repository.add(candidate, actor.id, self.clock())
+        stored = self._write(
+            lambda: self.repository.add(candidate, actor.id, self.clock(), lambda: self._check_conflict(candidate))
+        )
+        assert stored is not None
         self._publish("budget.policy_created", stored, actor)
         return stored
 
@@ -117,7 +127,7 @@ class BudgetPolicyService:
         self.permissions.require(actor, "budget:read")
         wanted = Scope.model_validate(scope or {}).as_dict()
         result = []
-        for policy in self.repository.list(actor.tenant):
+        for policy in self.repository.all(actor.tenant):
             have = policy.scope.as_dict()
             if any(have.get(k) != v for k, v in wanted.items()):
                 continue
@@ -142,8 +152,9 @@ class BudgetPolicyService:
                 f"policy {before.name!r} is at version {before.version}, not {expected}; reload it and retry"
             )
         after = self._validated({**before.model_dump(), **updates})
-        self._check_conflict(after)
-        stored = self.repository.replace(before, after, actor.id, self.clock())
+        stored = self._write(
+            lambda: self.repository.replace(before, after, actor.id, self.clock(), lambda: self._check_conflict(after))
+        )
         if stored is None:
             raise ConflictError(f"policy {before.name!r} was changed by someone else; reload it and retry")
         self._publish("budget.policy_updated", stored, actor)
@@ -161,21 +172,33 @@ class BudgetPolicyService:
         return self.repository.audit_trail(actor.tenant, limit)
 
     def apply_declared(self, specs: Iterable[PolicySpec]) -> list[Policy]:
-        """Create or update the policies declared in settings, matched by tenant and name."""
+        """Create or update the policies declared in settings, matched by tenant and name.
+
+        Several processes may start at once with the same file: a conflict means
+        another one applied it first, so the spec is re-read and applied again.
+        """
         applied = []
         for spec in specs:
-            actor = Actor.system(spec.tenant)
-            data = spec.model_dump(exclude={"id", "version", "created_at", "updated_at"})
-            existing = self.repository.by_name(spec.tenant, spec.name)
-            if existing is None:
-                applied.append(self.create_policy(actor, data))
-                continue
-            current = existing.model_dump(exclude={"id", "version", "created_at", "updated_at"})
-            if current != data:
-                applied.append(self.update_policy(actor, existing.id or 0, data))
-            else:
-                applied.append(existing)
+            for attempt in range(3):
+                try:
+                    applied.append(self._apply_one(spec))
+                    break
+                except ConflictError:
+                    if attempt == 2:
+                        raise
         return applied
+
+    def _apply_one(self, spec: PolicySpec) -> Policy:
+        actor = Actor.system(spec.tenant)
+        data = spec.model_dump(exclude={"id", "version", "created_at", "updated_at"})
+        existing = self.repository.by_name(spec.tenant, spec.name)
+        if existing is None:
+            return self.create_policy(actor, data)
+        current = existing.model_dump(exclude={"id", "version", "created_at", "updated_at"})
+        changes = {k: v for k, v in data.items() if current.get(k) != v}
+        if not changes:
+            return existing
+        return self.update_policy(actor, existing.id or 0, {**changes, "version": existing.version})
 
     # -- enforcement ------------------------------------------------------------------------
 
@@ -200,7 +223,7 @@ class BudgetPolicyService:
 
     def matching(self, call: LLMCall) -> list[Policy]:
         """Enabled policies of the call's tenant whose scope matches the call."""
-        return [p for p in self.repository.list(call.tenant, enabled_only=True) if p.scope.matches(call)]
+        return [p for p in self.repository.all(call.tenant, enabled_only=True) if p.scope.matches(call)]
 
     def targets_for(self, call: LLMCall, now: datetime | None = None) -> list[Target]:
         now = now or self.clock()
@@ -240,7 +263,10 @@ class BudgetPolicyService:
             estimate = self.pricer.estimate(call) if estimated_cost is None else None
         except UnknownPriceError as exc:
             return BudgetDecision(
-                allowed=False, reason=f"{exc} (unknown_model = block)", estimated_cost=Decimal(0), price_source="unknown"
+                allowed=False,
+                reason=f"{exc} (unknown_model = block)",
+                estimated_cost=Decimal(0),
+                price_source="unknown",
             )
         amount = estimated_cost if estimated_cost is not None else estimate.cost  # type: ignore[union-attr]
         source = "caller estimate" if estimate is None else estimate.source
@@ -248,7 +274,9 @@ class BudgetPolicyService:
             raise ValidationError(f"estimated_cost must not be negative, got {amount}")
         policies = self.matching(call)
         if not policies:
-            return BudgetDecision(allowed=True, reason="no budget policy applies", estimated_cost=amount, price_source=source)
+            return BudgetDecision(
+                allowed=True, reason="no budget policy applies", estimated_cost=amount, price_source=source
+            )
         by_id = {p.id: p for p in policies}
         targets = [self._target(p, now) for p in policies]
         units = to_units(amount)

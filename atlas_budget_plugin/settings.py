@@ -104,7 +104,7 @@ class BudgetSettings(BaseSettings):
         except ValueError:
             raise ValueError(
                 f"unknown_model must be 'block', 'allow_unpriced' or a default price per million "
-                f"tokens such as \"1.00\", got {value!r}"
+                f'tokens such as "1.00", got {value!r}'
             ) from None
         return value
 
@@ -168,7 +168,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(
             f"settings file {path} is not valid TOML: {exc}. Fix the syntax (strings need quotes, "
-            "e.g. limit = \"20.00\") or point ATLAS_BUDGET_CONFIG at another file."
+            'e.g. limit = "20.00") or point ATLAS_BUDGET_CONFIG at another file.'
         ) from None
     except OSError as exc:
         raise SettingsError(
@@ -198,9 +198,7 @@ def _source_of(top: str, file_data: dict[str, Any], overrides: dict[str, Any], p
     return "defaults"
 
 
-def _explain(
-    exc: pydantic.ValidationError, path: Path, file_data: dict[str, Any], overrides: dict[str, Any]
-) -> str:
+def _explain(exc: pydantic.ValidationError, path: Path, file_data: dict[str, Any], overrides: dict[str, Any]) -> str:
     allowed = ", ".join(BudgetSettings.model_fields)
     problems = []
     for err in exc.errors():

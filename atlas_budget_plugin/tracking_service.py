@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import peewee as pw
 
@@ -116,7 +116,9 @@ class BudgetTrackingService:
         metadata = dict(metadata or {})
         unknown = set(metadata) - set(TOKEN_FIELDS) - {"price_source", "error"}
         if unknown:
-            raise ValidationError(f"unknown usage metadata {sorted(unknown)}; allowed: {', '.join(TOKEN_FIELDS)}, price_source, error")
+            raise ValidationError(
+                f"unknown usage metadata {sorted(unknown)}; allowed: {', '.join(TOKEN_FIELDS)}, price_source, error"
+            )
         for name in TOKEN_FIELDS:
             value = metadata.get(name, 0)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -179,7 +181,7 @@ class BudgetTrackingService:
         start, end = window(parsed, tz, now or self.clock())
         return parsed, start, end
 
-    def _query(self, actor: Actor, scope: Scope | dict[str, Any] | None, start: datetime, end: datetime) -> pw.ModelSelect:
+    def _query(self, actor: Actor, scope: Scope | dict[str, Any] | None, start: datetime, end: datetime) -> Any:
         self.permissions.require(actor, "budget:read")
         try:
             wanted = scope if isinstance(scope, Scope) else Scope.model_validate(scope or {})
@@ -204,13 +206,19 @@ class BudgetTrackingService:
         return query
 
     def get_usage_summary(
-        self, scope: Scope | dict[str, Any] | None = None, period: str = "month", *, actor: Actor,
-        now: datetime | None = None, timezone: str = "UTC",
+        self,
+        scope: Scope | dict[str, Any] | None = None,
+        period: str = "month",
+        *,
+        actor: Actor,
+        now: datetime | None = None,
+        timezone: str = "UTC",
     ) -> UsageSummary:
         """Total cost, calls and tokens of the actor's tenant within ``scope`` in the current ``period``."""
         parsed, start, end = self._window(period, now, timezone)
         query = self._query(actor, scope, start, end)
-        cost, calls, tin, tout = (
+        cost, calls, tin, tout = cast(
+            tuple[int, int, int, int],
             query.select(
                 pw.fn.COALESCE(pw.fn.SUM(UsageRow.cost_units), 0),
                 pw.fn.COUNT(UsageRow.id),
@@ -218,16 +226,28 @@ class BudgetTrackingService:
                 pw.fn.COALESCE(pw.fn.SUM(UsageRow.output_tokens), 0),
             )
             .tuples()
-            .get()
+            .get(),
         )
         return UsageSummary(
-            tenant=actor.tenant, period=parsed.name, start=start, end=end,
-            total_cost=from_units(int(cost)), calls=int(calls), input_tokens=int(tin), output_tokens=int(tout),
+            tenant=actor.tenant,
+            period=parsed.name,
+            start=start,
+            end=end,
+            total_cost=from_units(int(cost)),
+            calls=int(calls),
+            input_tokens=int(tin),
+            output_tokens=int(tout),
         )
 
     def get_spend_by(
-        self, dimension: str, scope: Scope | dict[str, Any] | None = None, period: str = "month", *,
-        actor: Actor, now: datetime | None = None, timezone: str = "UTC",
+        self,
+        dimension: str,
+        scope: Scope | dict[str, Any] | None = None,
+        period: str = "month",
+        *,
+        actor: Actor,
+        now: datetime | None = None,
+        timezone: str = "UTC",
     ) -> list[SpendRow]:
         """Spend grouped by one of provider, model, category, actor, operation; largest first."""
         if dimension not in DIMENSIONS:
@@ -235,7 +255,7 @@ class BudgetTrackingService:
         _, start, end = self._window(period, now, timezone)
         column = getattr(UsageRow, dimension)
         total = pw.fn.SUM(UsageRow.cost_units)
-        rows = (
+        rows: Any = (
             self._query(actor, scope, start, end)
             .select(column, total, pw.fn.COUNT(UsageRow.id))
             .group_by(column)
@@ -244,15 +264,25 @@ class BudgetTrackingService:
         )
         return [SpendRow(key=key, total_cost=from_units(int(cost)), calls=int(n)) for key, cost, n in rows]
 
-    def get_spend_by_category(self, scope: Scope | dict[str, Any] | None = None, period: str = "month", **kw: Any) -> list[SpendRow]:
+    def get_spend_by_category(
+        self, scope: Scope | dict[str, Any] | None = None, period: str = "month", **kw: Any
+    ) -> list[SpendRow]:
         return self.get_spend_by("category", scope, period, **kw)
 
-    def get_spend_by_provider(self, scope: Scope | dict[str, Any] | None = None, period: str = "month", **kw: Any) -> list[SpendRow]:
+    def get_spend_by_provider(
+        self, scope: Scope | dict[str, Any] | None = None, period: str = "month", **kw: Any
+    ) -> list[SpendRow]:
         return self.get_spend_by("provider", scope, period, **kw)
 
     def get_spend_trend(
-        self, scope: Scope | dict[str, Any] | None = None, periods: int = 12, *, granularity: str = "day",
-        actor: Actor, now: datetime | None = None, timezone: str = "UTC",
+        self,
+        scope: Scope | dict[str, Any] | None = None,
+        periods: int = 12,
+        *,
+        granularity: str = "day",
+        actor: Actor,
+        now: datetime | None = None,
+        timezone: str = "UTC",
     ) -> list[TrendPoint]:
         """Spend in each of the last ``periods`` hour/day/week/month buckets, oldest first."""
         if granularity not in ("hour", "day", "week", "month"):
@@ -267,7 +297,7 @@ class BudgetTrackingService:
             bounds.append((start, end))
             moment = start - _TICK
         bounds.reverse()
-        rows = list(
+        rows: list[Any] = list(
             self._query(actor, scope, bounds[0][0], bounds[-1][1])
             .select(UsageRow.recorded_at, UsageRow.cost_units)
             .tuples()
@@ -287,4 +317,3 @@ class BudgetTrackingService:
 
 def _naive_of(value: datetime | str) -> datetime:
     return aware(value).replace(tzinfo=None)
-

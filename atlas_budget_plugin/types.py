@@ -79,9 +79,7 @@ class Scope(_Frozen):
             tags[name] = data.pop(key)
         unknown = [k for k in data if k not in SCOPE_KEYS]
         if unknown:
-            raise ValueError(
-                f"unknown scope key {unknown[0]!r}; allowed: {', '.join(SCOPE_KEYS)}, tag.<name>"
-            )
+            raise ValueError(f"unknown scope key {unknown[0]!r}; allowed: {', '.join(SCOPE_KEYS)}, tag.<name>")
         data["tags"] = tags
         return data
 

@@ -31,9 +31,7 @@ class CallGuard:
         return [w for v in self.verdicts for w in v.warnings]
 
 
-def _post_after_failure(
-    pm: pluggy.PluginManager, call: LLMCall, usage: LLMUsage, error: BaseException
-) -> None:
+def _post_after_failure(pm: pluggy.PluginManager, call: LLMCall, usage: LLMUsage, error: BaseException) -> None:
     # The original error is what the caller must see; a failing post hook is logged.
     try:
         pm.hook.post_llm_call(call=call, usage=usage, error=error)

@@ -75,9 +75,7 @@ def load_entry_points(
                     f"load: {failure.error}. Unset {STRICT_ENV} to skip broken plugins, or add "
                     f"{ep.name} to {BLOCKED_ENV}."
                 ) from exc
-            log.error(
-                "skipping plugin %r (%s) in group %r: %s", ep.name, ep.value, group, failure.error
-            )
+            log.error("skipping plugin %r (%s) in group %r: %s", ep.name, ep.value, group, failure.error)
             failures.append(failure)
             if pm.has_plugin(ep.name):  # pragma: no cover - register failed after adding
                 pm.unregister(name=ep.name)
@@ -101,4 +99,4 @@ def load_plugins(group: str = specs.PROJECT, *, strict: bool | None = None) -> p
 
 def plugin_names(pm: pluggy.PluginManager) -> list[str]:
     """Names of the registered plugins, for diagnostics."""
-    return sorted(name for name, _ in pm.list_name_plugin())
+    return sorted(name for name, plugin in pm.list_name_plugin() if plugin is not None)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any, Mapping
+from typing import Any
 
 
 def _money(name: str, value: Any) -> Decimal | None:
@@ -70,9 +71,7 @@ class LLMCall:
         object.__setattr__(self, "tags", dict(self.tags))
         _count("LLMCall.input_tokens", self.input_tokens, optional=True)
         _count("LLMCall.max_output_tokens", self.max_output_tokens, optional=True)
-        object.__setattr__(
-            self, "estimated_cost", _money("LLMCall.estimated_cost", self.estimated_cost)
-        )
+        object.__setattr__(self, "estimated_cost", _money("LLMCall.estimated_cost", self.estimated_cost))
 
 
 @dataclass(frozen=True)

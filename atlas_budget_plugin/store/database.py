@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import peewee as pw
@@ -21,6 +24,9 @@ SQLITE_PRAGMAS = {
     "foreign_keys": 1,
 }
 
+#: Arbitrary constant naming the advisory lock held while creating or migrating the schema.
+SCHEMA_LOCK_ID = 0x41544C53
+
 SUPPORTED = "sqlite:///path/to/budget.db, postgresql://user@host:5432/db, mysql://user@host:3306/db"
 
 #: version -> step that upgrades a database from that version to the next one.
@@ -31,9 +37,7 @@ def open_database(url: str) -> pw.Database:
     """Return an (unconnected) peewee Database for ``url``; a bad URL is a SettingsError."""
     scheme = urlparse(url).scheme
     if scheme not in db_url.schemes:
-        raise SettingsError(
-            f"database_url {url!r} has an unsupported scheme {scheme!r}; use one of {SUPPORTED}"
-        )
+        raise SettingsError(f"database_url {url!r} has an unsupported scheme {scheme!r}; use one of {SUPPORTED}")
     params: dict[str, object] = {}
     if scheme.startswith("sqlite"):
         raw = url.split("://", 1)[1]
@@ -44,7 +48,9 @@ def open_database(url: str) -> pw.Database:
             url = f"{scheme}:///{file}"
         params = {"pragmas": SQLITE_PRAGMAS, "timeout": 60}
     elif scheme.startswith("mysql"):
-        params = {"charset": "utf8mb4"}
+        # READ COMMITTED: locking reads and sums see what other processes committed,
+        # and InnoDB takes fewer gap locks (fewer deadlocks) than REPEATABLE READ.
+        params = {"charset": "utf8mb4", "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"}
     try:
         return db_url.connect(url, **params)
     except (ValueError, RuntimeError) as exc:
@@ -67,6 +73,57 @@ def write_transaction(db: pw.Database) -> AbstractContextManager[object]:
     return db.atomic()
 
 
+@contextmanager
+def _schema_lock(db: pw.Database) -> Iterator[None]:
+    """Serialise schema creation between processes starting at once against a server."""
+    if isinstance(db, pw.PostgresqlDatabase):
+        db.execute_sql("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_ID,))
+        try:
+            yield
+        finally:
+            db.execute_sql("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_ID,))
+    elif isinstance(db, pw.MySQLDatabase):
+        db.execute_sql("SELECT GET_LOCK('atlas_budget_schema', 120)")
+        try:
+            yield
+        finally:
+            db.execute_sql("SELECT RELEASE_LOCK('atlas_budget_schema')")
+    else:  # SQLite: BEGIN IMMEDIATE in write_transaction already serialises
+        yield
+
+
+#: Server errors after which the whole transaction can simply run again.
+_RETRYABLE_PG = {"40001", "40P01"}  # serialization failure, deadlock detected
+_RETRYABLE_MYSQL = {1205, 1213}  # lock wait timeout, deadlock found
+
+T = TypeVar("T")
+
+
+def _retryable(exc: Exception) -> bool:
+    cause = exc.__cause__ or exc
+    if getattr(cause, "pgcode", None) in _RETRYABLE_PG:
+        return True
+    args: tuple[Any, ...] = getattr(cause, "args", ())
+    return bool(args) and args[0] in _RETRYABLE_MYSQL
+
+
+def run_in_transaction(db: pw.Database, work: Callable[[], T], attempts: int = 8) -> T:
+    """Run ``work`` in one write transaction, again from the start after a deadlock.
+
+    PostgreSQL and MariaDB may abort one of two transactions that wait on each
+    other; nothing of the aborted one was written, so running it again is safe.
+    """
+    for attempt in range(attempts):
+        try:
+            with write_transaction(db):
+                return work()
+        except (pw.OperationalError, pw.InternalError) as exc:
+            if attempt == attempts - 1 or not _retryable(exc):
+                raise
+            time.sleep(random.uniform(0, 0.005 * 2**attempt))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def schema_version(db: pw.Database) -> int | None:
     """The stored schema version, or ``None`` for an empty database."""
     if not db.table_exists(SchemaVersion._meta.table_name):
@@ -82,7 +139,7 @@ def initialize(db: pw.Database) -> int:
         db.connect(reuse_if_open=True)
     except pw.OperationalError as exc:
         raise StoreUnavailable(f"cannot connect to the budget database: {exc}") from exc
-    with write_transaction(db):
+    with _schema_lock(db), write_transaction(db):
         current = schema_version(db)
         if current is None:
             db.create_tables(ALL_MODELS, safe=True)

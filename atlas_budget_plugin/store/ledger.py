@@ -7,15 +7,17 @@ call and usage is recorded together with the settlement of its holds.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 import peewee as pw
 
 from ..periods import Period
-from .database import is_sqlite, write_transaction
+from .database import is_sqlite, run_in_transaction
 from .models import Hold, SpendCounter, ThresholdMark, UsageRow
 
 
@@ -93,37 +95,35 @@ class Ledger:
         unused = target.limit_units - (prev.spent_units if prev else 0)
         return max(0, min(target.rollover_cap_units, unused))
 
-    def _ensure_counters(self, targets: Sequence[Target]) -> dict[int, SpendCounter]:
-        """Create missing counters, then lock all of them in id order (no deadlocks)."""
-        ordered = sorted(targets, key=lambda t: (t.policy_id, t.key))
-        for target in ordered:
-            (
-                SpendCounter.insert(
-                    policy_id=target.policy_id,
-                    window_start=naive(target.key),
-                    carry_units=self._carry(target),
-                )
-                .on_conflict_ignore()
-                .execute()
-            )
-        if not ordered:
-            return {}
-        condition = pw.reduce(
-            pw.operator.or_,
-            [
-                (SpendCounter.policy_id == t.policy_id) & (SpendCounter.window_start == naive(t.key))
-                for t in ordered
-            ],
+    def _lock_counters(self, targets: Sequence[Target]) -> dict[int, SpendCounter]:
+        condition = functools.reduce(
+            operator.or_,
+            [(SpendCounter.policy_id == t.policy_id) & (SpendCounter.window_start == naive(t.key)) for t in targets],
         )
         query = SpendCounter.select().where(condition).order_by(SpendCounter.id)
         if not is_sqlite(self.db):
             query = query.for_update()
         return {row.policy_id: row for row in query}
 
+    def _ensure_counters(self, targets: Sequence[Target]) -> dict[int, SpendCounter]:
+        """Lock the targets' counters in id order (no deadlocks), creating the missing ones first."""
+        if not targets:
+            return {}
+        counters = self._lock_counters(targets)
+        missing = sorted((t for t in targets if t.policy_id not in counters), key=lambda t: (t.policy_id, t.key))
+        if not missing:
+            return counters  # the usual case: one locking read, no inserts
+        for target in missing:
+            SpendCounter.insert(
+                policy_id=target.policy_id, window_start=naive(target.key), carry_units=self._carry(target)
+            ).on_conflict_ignore().execute()
+        return self._lock_counters(targets)
+
     def _standing(self, target: Target, counter: SpendCounter) -> Standing:
         if not target.period.is_rolling:
             return Standing(target, counter.spent_units, counter.reserved_units, counter.carry_units)
-        spent, reserved = (
+        spent, reserved = cast(
+            tuple[int, int],
             SpendCounter.select(
                 pw.fn.COALESCE(pw.fn.SUM(SpendCounter.spent_units), 0),
                 pw.fn.COALESCE(pw.fn.SUM(SpendCounter.reserved_units), 0),
@@ -134,15 +134,18 @@ class Ledger:
                 & (SpendCounter.window_start < naive(target.window_end))
             )
             .tuples()
-            .get()
+            .get(),
         )
         return Standing(target, int(spent), int(reserved), 0)
 
     def standings(self, targets: Sequence[Target]) -> list[Standing]:
         """Current standings of ``targets`` (creates their counters; for reports and verdicts)."""
-        with write_transaction(self.db):
+
+        def work() -> Any:
             counters = self._ensure_counters(targets)
             return [self._standing(t, counters[t.policy_id]) for t in targets]
+
+        return run_in_transaction(self.db, work)
 
     # -- reserve ----------------------------------------------------------------------------
 
@@ -161,7 +164,8 @@ class Ledger:
         repeated call with the same ``call_id`` does not hold twice.
         :return: the standings before the hold, and whether the amount is held.
         """
-        with write_transaction(self.db):
+
+        def work() -> Any:
             counters = self._ensure_counters(targets)
             standings = [self._standing(t, counters[t.policy_id]) for t in targets]
             if Hold.select().where(Hold.call_id == call_id).exists():
@@ -172,9 +176,9 @@ class Ledger:
                 rows = []
                 for target in sorted(targets, key=lambda t: counters[t.policy_id].id):
                     counter = counters[target.policy_id]
-                    SpendCounter.update(
-                        reserved_units=SpendCounter.reserved_units + amount_units
-                    ).where(SpendCounter.id == counter.id).execute()
+                    SpendCounter.update(reserved_units=SpendCounter.reserved_units + amount_units).where(
+                        SpendCounter.id == counter.id
+                    ).execute()
                     rows.append(
                         {
                             "call_id": call_id,
@@ -187,6 +191,8 @@ class Ledger:
                     )
                 Hold.insert_many(rows).execute()
             return standings, True
+
+        return run_in_transaction(self.db, work)
 
     def _drop_holds(self, holds: Iterable[Hold], spent_units: int) -> set[int]:
         policy_ids = set()
@@ -216,11 +222,15 @@ class Ledger:
         """
         if cost_units < 0:
             raise ValueError(f"cost must not be negative, got {cost_units} units")
-        with write_transaction(self.db):
+
+        def work() -> Any:
+            holds_query = Hold.select().where(Hold.call_id == call_id).order_by(Hold.id)
+            if not is_sqlite(self.db):
+                holds_query = holds_query.for_update()  # a concurrent settle of this call waits here
+            holds = list(holds_query)
             existing = UsageRow.get_or_none(UsageRow.call_id == call_id)
             if existing is not None:
                 return Settlement(existing, False, ())
-            holds = list(Hold.select().where(Hold.call_id == call_id))
             if holds:
                 policy_ids = self._drop_holds(holds, cost_units)
             else:
@@ -235,19 +245,32 @@ class Ledger:
             row = UsageRow.get_by_id(row_id)
             return Settlement(row, True, tuple(sorted(policy_ids)))
 
+        try:
+            return run_in_transaction(self.db, work)
+        except pw.IntegrityError:
+            # A concurrent settle of the same call committed first (call_id is unique);
+            # this transaction was rolled back whole, so the first record stands.
+            return Settlement(UsageRow.get(UsageRow.call_id == call_id), False, ())
+
     def release(self, call_id: str) -> int:
         """Drop a call's holds without spend (the call failed or was blocked elsewhere)."""
-        with write_transaction(self.db):
+
+        def work() -> Any:
             holds = list(Hold.select().where(Hold.call_id == call_id))
             self._drop_holds(holds, 0)
             return len(holds)
 
+        return run_in_transaction(self.db, work)
+
     def expire(self, now: datetime) -> int:
         """Drop holds whose time is up (the host never called back); returns how many."""
-        with write_transaction(self.db):
+
+        def work() -> Any:
             holds = list(Hold.select().where(Hold.expires_at <= naive(now)))
             self._drop_holds(holds, 0)
             return len(holds)
+
+        return run_in_transaction(self.db, work)
 
     def outstanding_units(self) -> int:
         """Total held across all counters (0 once every call has ended)."""
@@ -259,6 +282,9 @@ class Ledger:
         query = ThresholdMark.insert(
             policy_id=policy_id, window_start=naive(window_start), threshold=threshold
         ).on_conflict_ignore()
-        with write_transaction(self.db):
+
+        def work() -> Any:
             cursor = self.db.execute(query)
             return bool(cursor.rowcount == 1)
+
+        return run_in_transaction(self.db, work)

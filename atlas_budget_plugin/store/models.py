@@ -12,6 +12,8 @@ SCHEMA_VERSION = 1
 
 
 class BaseModel(pw.Model):
+    id = pw.AutoField()
+
     class Meta:
         database = db_proxy
         legacy_table_names = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -72,7 +73,7 @@ class PolicyRepository:
         row = PolicyRow.get_or_none((PolicyRow.tenant == tenant) & (PolicyRow.name == name))
         return to_policy(row) if row else None
 
-    def list(self, tenant: str, enabled_only: bool = False) -> list[Policy]:
+    def all(self, tenant: str, enabled_only: bool = False) -> list[Policy]:
         query = PolicyRow.select().where(PolicyRow.tenant == tenant)
         if enabled_only:
             query = query.where(PolicyRow.enabled == True)  # noqa: E712 - peewee expression
@@ -106,8 +107,10 @@ class PolicyRepository:
             at=naive(now),
         )
 
-    def add(self, policy: Policy, actor: str, now: datetime) -> Policy:
+    def add(self, policy: Policy, actor: str, now: datetime, check: Callable[[], None] = lambda: None) -> Policy:
+        """Insert ``policy``; ``check`` runs first in the same transaction (and may raise)."""
         with write_transaction(self.db):
+            check()
             row_id = PolicyRow.insert(
                 **_columns(policy), version=1, created_at=naive(now), updated_at=naive(now)
             ).execute()
@@ -115,9 +118,12 @@ class PolicyRepository:
             self._audit(actor, "create", None, stored, now)
             return stored
 
-    def replace(self, before: Policy, after: Policy, actor: str, now: datetime) -> Policy | None:
+    def replace(
+        self, before: Policy, after: Policy, actor: str, now: datetime, check: Callable[[], None] = lambda: None
+    ) -> Policy | None:
         """Write ``after`` if the stored version is still ``before.version``; None when it changed."""
         with write_transaction(self.db):
+            check()
             changed = (
                 PolicyRow.update(**_columns(after), version=before.version + 1, updated_at=naive(now))
                 .where(
@@ -142,12 +148,7 @@ class PolicyRepository:
             self._audit(actor, "delete", policy, None, now)
 
     def audit_trail(self, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
-        query = (
-            AuditEntry.select()
-            .where(AuditEntry.tenant == tenant)
-            .order_by(AuditEntry.id.desc())
-            .limit(limit)
-        )
+        query = AuditEntry.select().where(AuditEntry.tenant == tenant).order_by(AuditEntry.id.desc()).limit(limit)
         return [
             {
                 "at": aware(e.at),

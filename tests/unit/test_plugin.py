@@ -1,0 +1,110 @@
+"""The atlas hooks end to end through a host PluginManager, and the store-outage verdicts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pluggy
+import pytest
+
+import atlas_budget_plugin.plugin as plugin_module
+from atlas_budget_plugin import BudgetServices
+from atlas_budget_plugin.plugin import BudgetPlugin
+from atlas_budget_plugin.types import Actor
+from hookspecs import CallBlocked, LLMCall, LLMUsage, guarded_call
+from hookspecs import specs as host_specs
+
+from ..conftest import FakeClock
+
+
+def call(i: int, **kw: Any) -> LLMCall:
+    return LLMCall(
+        call_id=f"p{i}",
+        provider="openai",
+        model="gpt-4o",
+        actor="alice",
+        input_tokens=1000,
+        max_output_tokens=500,
+        **kw,
+    )
+
+
+def test_blocks_the_call_that_would_overspend(
+    services: BudgetServices, host: pluggy.PluginManager, admin: Actor
+) -> None:
+    services.policies.create_policy(
+        admin, {"name": "alice", "scope": {"actor": "alice"}, "period": "day", "limit": "0.03"}
+    )
+    allowed_costs = []
+    for i in range(20):
+        try:
+            with guarded_call(host, call(i)) as guard:
+                guard.usage = LLMUsage(input_tokens=1000, output_tokens=400)
+        except CallBlocked as blocked:
+            assert blocked.verdict.source == "atlas-budget"
+            assert blocked.verdict.details["policy"] == "alice"
+            assert "would be exceeded" in blocked.verdict.reason
+            break
+        allowed_costs.append(services.tracking.list_usage(admin, 1)[0].cost)
+    else:
+        pytest.fail("the budget never blocked")
+    summary = services.tracking.get_usage_summary(None, "day", actor=admin)
+    assert summary.total_cost == sum(allowed_costs) <= Decimal("0.03")
+    assert services.ledger.outstanding_units() == 0
+
+
+def test_verdict_details_and_no_policy(services: BudgetServices, host: pluggy.PluginManager) -> None:
+    (verdict,) = host.hook.pre_llm_call(call=call(1))
+    assert verdict.allowed and verdict.reason == "no budget policy applies"
+    assert verdict.details["estimated_cost"] > 0
+
+
+def test_tick_expires_reservations(
+    services: BudgetServices, host: pluggy.PluginManager, admin: Actor, clock: FakeClock
+) -> None:
+    services.policies.create_policy(admin, {"name": "all", "period": "day", "limit": "10"})
+    host.hook.pre_llm_call(call=call(1))
+    assert services.ledger.outstanding_units() > 0
+    host.hook.on_period_tick(now=clock.now + timedelta(seconds=601))
+    assert services.ledger.outstanding_units() == 0
+
+
+@pytest.mark.parametrize(("mode", "allowed"), [("deny", False), ("allow", True)])
+def test_store_unreachable_follows_on_store_error(make_services: Any, mode: str, allowed: bool) -> None:
+    services = make_services(on_store_error=mode)
+    plugin = BudgetPlugin(services)
+    services.db.close()
+    services.db.init("/nonexistent-dir/x/budget.db")  # the file can no longer be opened
+    verdict = plugin.pre_llm_call(call(1))
+    assert verdict is not None and verdict.allowed is allowed
+    assert f"on_store_error = {mode}" in verdict.reason
+
+
+def test_module_level_hooks_use_configured_services(services: BudgetServices, admin: Actor, clock: FakeClock) -> None:
+    pm = pluggy.PluginManager("atlas")
+    pm.add_hookspecs(host_specs)
+    pm.register(plugin_module, name="budget")
+    plugin_module.set_services(services)
+    try:
+        with guarded_call(pm, call(5)) as guard:
+            guard.usage = LLMUsage(input_tokens=10, output_tokens=1)
+        pm.hook.on_period_tick(now=clock.now)
+        assert services.tracking.list_usage(admin)[0].call_id == "p5"
+    finally:
+        plugin_module.set_services(None)
+
+
+def test_lazy_bootstrap_from_settings(make_services: Any) -> None:
+    made = []
+
+    def factory() -> BudgetServices:
+        made.append(make_services())
+        return made[-1]
+
+    plugin = BudgetPlugin(factory)
+    assert made == []
+    plugin.pre_llm_call(call(1))
+    plugin.pre_llm_call(call(2))
+    assert len(made) == 1

@@ -1,0 +1,156 @@
+"""Store opening and schema versions; the bus and the atlas_budget extension hooks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import peewee as pw
+import pytest
+
+from atlas_budget_plugin.bus import MessageBus
+from atlas_budget_plugin.exceptions import SettingsError, StoreUnavailable
+from atlas_budget_plugin.extensions import Extensions, get_plugin_manager
+from atlas_budget_plugin.hookspecs import hookimpl
+from atlas_budget_plugin.store import database
+from atlas_budget_plugin.store.models import SchemaVersion
+from atlas_budget_plugin.types import Alert, BudgetEvent, BudgetThresholdEvent
+
+
+def test_sqlite_url_creates_folders_and_schema(tmp_path: Path) -> None:
+    db = database.open_database(f"sqlite:///{tmp_path}/deep/er/budget.db")
+    assert database.initialize(db) == 1
+    assert database.schema_version(db) == 1
+    assert (tmp_path / "deep" / "er" / "budget.db").exists()
+    assert db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert database.initialize(db) == 1  # idempotent
+    db.close()
+
+
+def test_memory_and_bad_urls() -> None:
+    assert isinstance(database.open_database("sqlite:///:memory:"), pw.SqliteDatabase)
+    with pytest.raises(SettingsError, match="unsupported scheme 'oracle'"):
+        database.open_database("oracle://x/y")
+    with pytest.raises(SettingsError, match="is invalid"):
+        database.open_database("postgresql://host-only")
+
+
+def test_migrations_run_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = database.open_database(f"sqlite:///{tmp_path}/m.db")
+    database.initialize(db)
+    ran = []
+    monkeypatch.setattr(database, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(database, "MIGRATIONS", {1: lambda d: ran.append(1), 2: lambda d: ran.append(2)})
+    assert database.initialize(db) == 3 and ran == [1, 2]
+    assert SchemaVersion.get().version == 3
+    monkeypatch.setattr(database, "SCHEMA_VERSION", 2)
+    with pytest.raises(StoreUnavailable, match="newer than this"):
+        database.initialize(db)
+    db.close()
+
+
+def test_unreachable_database_is_store_unavailable() -> None:
+    db = database.open_database("postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(StoreUnavailable, match="cannot connect"):
+        database.initialize(db)
+
+
+def event() -> BudgetThresholdEvent:
+    from datetime import datetime, timezone
+    from decimal import Decimal
+
+    return BudgetThresholdEvent(
+        topic="budget.threshold_reached",
+        tenant="t",
+        policy_id=1,
+        policy_name="p",
+        threshold=50,
+        window_start=datetime.now(timezone.utc),
+        spent=Decimal(1),
+        limit=Decimal(2),
+    )
+
+
+class Bridge:
+    def __init__(self) -> None:
+        self.seen: list[BudgetEvent] = []
+
+    @hookimpl
+    def budget_event(self, event: BudgetEvent) -> None:
+        self.seen.append(event)
+
+
+class BrokenBridge:
+    @hookimpl
+    def budget_event(self, event: BudgetEvent) -> None:
+        raise RuntimeError("bridge down")
+
+
+def test_bus_fans_out_to_subscribers_and_hooks(caplog: pytest.LogCaptureFixture) -> None:
+    pm = get_plugin_manager(load=False)
+    bridge = Bridge()
+    pm.register(BrokenBridge(), name="broken")
+    pm.register(bridge, name="bridge")
+    bus = MessageBus(Extensions(pm))
+    got: list[str] = []
+    unsubscribe = bus.subscribe("budget.threshold_*", lambda e: got.append(e.topic))
+    bus.subscribe("budget.*", lambda e: 1 / 0)
+    with caplog.at_level(logging.ERROR):
+        bus.publish(event())
+    assert got == ["budget.threshold_reached"] and len(bridge.seen) == 1
+    assert "bridge down" in caplog.text or "broken" in caplog.text
+    unsubscribe()
+    unsubscribe()
+    bus.publish(event())
+    assert got == ["budget.threshold_reached"] and len(bridge.seen) == 2
+    with pytest.raises(ValueError, match="unknown event topic"):
+        bus.publish(BudgetEvent(topic="budget.nonsense", tenant="t"))
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    @hookimpl
+    def budget_deliver_alert(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+
+def test_deliver_to_named_sink_only(caplog: pytest.LogCaptureFixture) -> None:
+    from datetime import datetime, timezone
+    from decimal import Decimal
+
+    pm = get_plugin_manager()  # the installed built-ins, found through entry points
+    sink = Sink()
+    pm.register(sink, name="mine")
+    ext = Extensions(pm)
+    assert {"log", "mine"} <= set(ext.sink_names())
+    alert = Alert(
+        id=1,
+        config_id=1,
+        tenant="t",
+        policy="p",
+        kind="actual",
+        severity="critical",
+        threshold=80,
+        window_start=datetime.now(timezone.utc),
+        spent=Decimal(8),
+        limit=Decimal(10),
+        message="80% used",
+        triggered_at=datetime.now(timezone.utc),
+    )
+    with caplog.at_level(logging.INFO, logger="atlas_budget_plugin.alerts"):
+        ext.deliver(alert, "log")
+    assert "80% used" in caplog.text and sink.alerts == []
+    ext.deliver(alert, "mine")
+    assert sink.alerts == [alert]
+    with pytest.raises(LookupError, match="no alert sink named 'nope'"):
+        ext.deliver(alert, "nope")
+    infos = {i.name: i for i in ext.plugins()}
+    assert infos["log"].distribution == "atlas-budget-plugin" and infos["log"].hooks == ("budget_deliver_alert",)
+
+
+def test_extension_plugins_list_unregistered_names(monkeypatch: Any) -> None:
+    pm = get_plugin_manager(load=False)
+    assert Extensions(pm).plugins() == []
