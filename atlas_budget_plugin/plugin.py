@@ -26,6 +26,8 @@ def to_verdict(decision: BudgetDecision) -> Verdict:
         "estimated_cost": decision.estimated_cost,
         "price_source": decision.price_source,
         "policy": decision.deciding_policy,
+        "alternative_model": decision.alternative_model,
+        "alternative_estimate": decision.alternative_estimate,
         "policies": [
             {
                 "name": s.policy_name,

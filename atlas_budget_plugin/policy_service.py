@@ -67,6 +67,7 @@ class BudgetPolicyService:
         self.settings = settings
         self.permissions = permissions or BudgetPermissionChecker()
         self.clock = clock
+        self._targets: dict[tuple[int | None, int], tuple[datetime, datetime, Target]] = {}
 
     # -- CRUD -------------------------------------------------------------------------------
 
@@ -206,10 +207,15 @@ class BudgetPolicyService:
         return policy.enforcement or self.settings.default_enforcement
 
     def _target(self, policy: Policy, now: datetime) -> Target:
+        """The policy's window and limit at ``now`` (reused while neither the policy nor the window changes)."""
+        key = (policy.id, policy.version)
+        hit = self._targets.get(key)
+        if hit is not None and hit[0] <= now < hit[1]:
+            return hit[2]
         period = parse_period(policy.period)
         start, end = window(period, policy.timezone, now)
         prev = previous_window(period, policy.timezone, now)
-        return Target(
+        target = Target(
             policy_id=policy.id or 0,
             period=period,
             window_start=start,
@@ -220,6 +226,12 @@ class BudgetPolicyService:
             policy_created_at=policy.created_at,
             counter_start=bucket_hour(now) if period.is_rolling else None,
         )
+        valid_from = bucket_hour(now) if period.is_rolling else start
+        valid_until = valid_from + timedelta(hours=1) if period.is_rolling else end
+        if len(self._targets) > 10_000:
+            self._targets.clear()
+        self._targets[key] = (valid_from, valid_until, target)
+        return target
 
     def matching(self, call: LLMCall) -> list[Policy]:
         """Enabled policies of the call's tenant whose scope matches the call."""
@@ -275,7 +287,11 @@ class BudgetPolicyService:
         policies = self.matching(call)
         if not policies:
             return BudgetDecision(
-                allowed=True, reason="no budget policy applies", estimated_cost=amount, price_source=source
+                allowed=True,
+                reason="no budget policy applies",
+                estimated_cost=amount,
+                price_source=source,
+                warnings=self._price_warnings(call, source),
             )
         by_id = {p.id: p for p in policies}
         targets = [self._target(p, now) for p in policies]
@@ -290,6 +306,19 @@ class BudgetPolicyService:
         _, held = self.ledger.reserve(call.call_id, targets, units, now, expires, decide)
         return self._decision(call, views, held, amount, source, by_id)
 
+    def _price_warnings(self, call: LLMCall, source: str) -> tuple[str, ...]:
+        if source.endswith("unpriced"):
+            return (
+                f"no price is known for {call.provider}/{call.model}; its cost counts as 0 "
+                "(unknown_model = allow_unpriced)",
+            )
+        if source.endswith("unknown_model default price"):
+            return (
+                f"no price is known for {call.provider}/{call.model}; estimated at the default price "
+                f"{self.settings.unknown_model} per million tokens (unknown_model)",
+            )
+        return ()
+
     def _decision(
         self,
         call: LLMCall,
@@ -299,7 +328,7 @@ class BudgetPolicyService:
         source: str,
         by_id: dict[int | None, Policy],
     ) -> BudgetDecision:
-        warnings = []
+        warnings = list(self._price_warnings(call, source))
         deciding = None
         for view in sorted(views, key=lambda v: v.remaining_after):
             if not view.fits:
@@ -331,13 +360,17 @@ class BudgetPolicyService:
                     warnings.append(f"this call takes policy {view.policy_name!r} past {pct}% of {view.limit}")
         if not held:
             assert deciding is not None
+            alternative = self._alternative(call, views, by_id) if deciding.enforcement == "degrade" else None
+            suggestion = f"; try {alternative[0]} (~{alternative[1]})" if alternative else ""
             return BudgetDecision(
                 allowed=False,
                 reason=(
                     f"budget {deciding.policy_name!r} ({deciding.enforcement}) would be exceeded: limit "
                     f"{deciding.limit}, spent {deciding.spent}, reserved {deciding.reserved}, this call "
-                    f"~{deciding.requested}"
+                    f"~{deciding.requested}{suggestion}"
                 ),
+                alternative_model=alternative[0] if alternative else None,
+                alternative_estimate=alternative[1] if alternative else None,
                 estimated_cost=amount,
                 price_source=source,
                 deciding_policy=deciding.policy_name,
@@ -354,6 +387,18 @@ class BudgetPolicyService:
             standings=tuple(views),
             reserved=True,
         )
+
+    def _alternative(
+        self, call: LLMCall, views: Sequence[PolicyStanding], by_id: dict[int | None, Policy]
+    ) -> tuple[str, Decimal] | None:
+        """The cheapest other model of the provider whose estimate fits every blocking policy."""
+        blocking = [v for v in views if self._blocks(v, call)]
+        room = min(v.limit - v.spent - v.reserved for v in blocking)
+        candidates = [m for v in blocking for m in by_id[v.policy_id].alternatives]
+        for model, estimate in self.pricer.alternatives(call, candidates):
+            if estimate <= room:
+                return model, estimate
+        return None
 
     def expire_reservations(self, now: datetime | None = None) -> int:
         """Release holds of calls that never reported back within ``reservation_ttl``."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Protocol
 
 import genai_prices
+from genai_prices import data_snapshot
 
 from hookspecs import LLMCall, LLMUsage
 
@@ -16,6 +18,23 @@ from .money import quantize
 from .settings import BudgetSettings, PriceOverride
 
 MILLION = Decimal(1_000_000)
+
+#: Catalogue models that are not general text models, left out of degrade suggestions.
+_NOT_CHAT = (
+    "embed",
+    "tts",
+    "whisper",
+    "transcribe",
+    "image",
+    "moderation",
+    "realtime",
+    "audio",
+    "dall-e",
+    "search",
+    "live",
+    "ft:",
+    "research",
+)
 
 
 class PriceHook(Protocol):
@@ -118,6 +137,38 @@ class Pricer:
             f'[prices."{call.provider}/{call.model}"] with input and output prices per million '
             "tokens to the settings file, or set unknown_model to 'allow_unpriced' or a default price"
         )
+
+    def alternatives(self, call: LLMCall, candidates: Sequence[str] = ()) -> list[tuple[str, Decimal]]:
+        """Other models of the call's provider with their pre-flight estimates, cheapest first.
+
+        ``candidates`` (a policy's ``alternatives``) are used when given; otherwise
+        the provider's current models in the overrides and the genai-prices
+        catalogue that suit the call's operation.
+        """
+        names = list(candidates) or self._known_models(call)
+        priced = []
+        for model in dict.fromkeys(names):
+            if model == call.model:
+                continue
+            try:
+                price = self.estimate(replace(call, model=model, estimated_cost=None))
+            except UnknownPriceError:
+                continue
+            priced.append((model, price.cost))
+        return sorted(priced, key=lambda item: (item[1], item[0]))
+
+    def _known_models(self, call: LLMCall) -> list[str]:
+        names = [key.split("/", 1)[1] for key in self.overrides if key.startswith(f"{call.provider}/")]
+        provider = next((p for p in data_snapshot.get_snapshot().providers if p.id == call.provider), None)
+        for model in provider.models if provider else []:
+            if model.deprecated:
+                continue
+            special = any(word in model.id for word in _NOT_CHAT)
+            if (call.operation == "embedding") == ("embed" in model.id) and (
+                call.operation == "embedding" or not special
+            ):
+                names.append(model.id)
+        return names
 
     def estimate_usage(self, call: LLMCall) -> LLMUsage:
         """Tokens a call may use, for the pre-flight estimate: the host's counts or the defaults."""

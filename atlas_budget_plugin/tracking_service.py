@@ -18,7 +18,8 @@ from .money import from_units, parse_money, to_units
 from .periods import Period, parse_period, window
 from .permissions import BudgetPermissionChecker
 from .pricing import Pricer
-from .store import Ledger, Target, aware, naive
+from .store import Ledger, Standing, Target, aware, naive
+from .store.ledger import USAGE_COLUMNS
 from .store.models import UsageRow
 from .types import (
     Actor,
@@ -39,24 +40,26 @@ DIMENSIONS = ("provider", "model", "category", "actor", "operation")
 _TICK = timedelta(microseconds=1)
 
 
-def to_record(row: UsageRow) -> UsageRecord:
+def to_record(row: UsageRow | dict[str, Any]) -> UsageRecord:
+    """A stored usage row (model instance or column dict) as the API's UsageRecord."""
+    data = row if isinstance(row, dict) else {c: getattr(row, c) for c in USAGE_COLUMNS}
     return UsageRecord(
-        call_id=row.call_id,
-        tenant=row.tenant,
-        actor=row.actor,
-        provider=row.provider,
-        model=row.model,
-        operation=row.operation,
-        category=row.category,
-        tags=json.loads(row.tags_json),
-        input_tokens=row.input_tokens,
-        output_tokens=row.output_tokens,
-        cache_read_tokens=row.cache_read_tokens,
-        cache_write_tokens=row.cache_write_tokens,
-        cost=from_units(row.cost_units),
-        price_source=row.price_source,
-        error=row.error,
-        recorded_at=aware(row.recorded_at),
+        call_id=data["call_id"],
+        tenant=data["tenant"],
+        actor=data["actor"],
+        provider=data["provider"],
+        model=data["model"],
+        operation=data["operation"],
+        category=data["category"],
+        tags=json.loads(data["tags_json"]),
+        input_tokens=int(data["input_tokens"]),
+        output_tokens=int(data["output_tokens"]),
+        cache_read_tokens=int(data["cache_read_tokens"]),
+        cache_write_tokens=int(data["cache_write_tokens"]),
+        cost=from_units(int(data["cost_units"])),
+        price_source=data["price_source"],
+        error=data["error"],
+        recorded_at=aware(data["recorded_at"]),
     )
 
 
@@ -80,6 +83,7 @@ class BudgetTrackingService:
         self.policies = policies
         self.permissions = permissions or BudgetPermissionChecker()
         self.clock = clock
+        self._announced: set[tuple[int, datetime, int]] = set()
 
     # -- recording --------------------------------------------------------------------------
 
@@ -141,22 +145,25 @@ class BudgetTrackingService:
         record = to_record(settled.row)
         if settled.created:
             self.bus.publish(BudgetUsageEvent(topic="budget.usage_recorded", tenant=call.tenant, record=record))
-            self._announce_thresholds(call, settled.policy_ids, now)
+            self._announce_thresholds(call, settled.standings)
         return record
 
-    def _announce_thresholds(self, call: LLMCall, policy_ids: Sequence[int], now: datetime) -> None:
-        if not policy_ids:
+    def _announce_thresholds(self, call: LLMCall, standings: Sequence[Standing]) -> None:
+        """Publish ``budget.threshold_reached`` once per policy, threshold and window (across processes)."""
+        if not standings:
             return
-        targets = {t.policy_id: t for t in self.targets(call, now)}
-        wanted = [targets[p] for p in policy_ids if p in targets]
         policies = {p.id: p for p in self.policies(call.tenant)}
-        for standing in self.ledger.standings(wanted):
+        for standing in standings:
             policy = policies.get(standing.target.policy_id)
             if policy is None or not standing.limit_units:
                 continue
             for pct in policy.thresholds:
                 if standing.spent_units * 100 < standing.limit_units * pct:
                     continue
+                key = (standing.target.policy_id, standing.target.window_start, pct)
+                if key in self._announced:
+                    continue  # this process already knows it was announced
+                self._announced.add(key)
                 if self.ledger.mark_threshold(policy.id or 0, standing.target.window_start, pct):
                     self.bus.publish(
                         BudgetThresholdEvent(

@@ -122,6 +122,7 @@ class Policy(BaseModel):
     enforcement: Enforcement | None = None
     thresholds: list[int] = Field(default_factory=lambda: [50, 80, 100])
     rollover_cap: Money = Decimal(0)
+    alternatives: list[str] = Field(default_factory=list)
     enabled: bool = True
     priority: int = 0
     version: int = 0
@@ -207,6 +208,8 @@ class BudgetDecision(_Frozen):
     warnings: tuple[str, ...] = ()
     standings: tuple[PolicyStanding, ...] = ()
     reserved: bool = False
+    alternative_model: str | None = None
+    alternative_estimate: Decimal | None = None
 
 
 class UsageRecord(_Frozen):

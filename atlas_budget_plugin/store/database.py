@@ -14,7 +14,7 @@ import peewee as pw
 from playhouse import db_url
 
 from ..exceptions import SettingsError, StoreUnavailable
-from .models import ALL_MODELS, SCHEMA_VERSION, SchemaVersion, db_proxy
+from .models import ALL_MODELS, SCHEMA_VERSION, Meta, SchemaVersion, db_proxy
 
 #: Durability first: a recorded call survives a crash or power loss once recorded.
 SQLITE_PRAGMAS = {
@@ -99,12 +99,18 @@ _RETRYABLE_MYSQL = {1205, 1213}  # lock wait timeout, deadlock found
 T = TypeVar("T")
 
 
-def _retryable(exc: Exception) -> bool:
-    cause = exc.__cause__ or exc
-    if getattr(cause, "pgcode", None) in _RETRYABLE_PG:
-        return True
-    args: tuple[Any, ...] = getattr(cause, "args", ())
-    return bool(args) and args[0] in _RETRYABLE_MYSQL
+def _retryable(exc: BaseException) -> bool:
+    # peewee re-raises the driver's error as its own; the original is its first argument.
+    causes = [exc, exc.__cause__, exc.__context__, *(a for a in exc.args if isinstance(a, BaseException))]
+    for cause in causes:
+        if cause is None:
+            continue
+        if getattr(cause, "pgcode", None) in _RETRYABLE_PG:
+            return True
+        args: tuple[Any, ...] = getattr(cause, "args", ())
+        if args and args[0] in _RETRYABLE_MYSQL:
+            return True
+    return False
 
 
 def run_in_transaction(db: pw.Database, work: Callable[[], T], attempts: int = 8) -> T:
@@ -145,6 +151,7 @@ def initialize(db: pw.Database) -> int:
             db.create_tables(ALL_MODELS, safe=True)
             SchemaVersion.delete().execute()
             SchemaVersion.create(version=SCHEMA_VERSION)
+            Meta.insert(name="policy_generation", value=0).on_conflict_ignore().execute()
             return SCHEMA_VERSION
         if current > SCHEMA_VERSION:
             raise StoreUnavailable(

@@ -3,22 +3,23 @@
 All amounts here are integer nano-units. Every method that writes runs in one
 write transaction, so a reservation is all-or-nothing across the policies of a
 call and usage is recorded together with the settlement of its holds.
+
+This is the hot path of every LLM call, so it speaks SQL directly (a handful of
+short statements per transaction) instead of building peewee queries; the
+tables are the peewee models in ``models.py``.
 """
 
 from __future__ import annotations
 
-import functools
-import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, cast
+from typing import Any
 
 import peewee as pw
 
 from ..periods import Period
 from .database import is_sqlite, run_in_transaction
-from .models import Hold, SpendCounter, ThresholdMark, UsageRow
 
 
 def naive(moment: datetime) -> datetime:
@@ -68,11 +69,34 @@ class Standing:
 
 @dataclass(frozen=True)
 class Settlement:
-    """What ``settle`` did: the usage row (new or the first one recorded) and the policies touched."""
+    """What ``settle`` did: the usage row (new, or the first one recorded) and standings after it."""
 
-    row: UsageRow
+    row: dict[str, Any]
     created: bool
-    policy_ids: tuple[int, ...]
+    standings: tuple[Standing, ...] = ()
+
+
+USAGE_COLUMNS = (
+    "call_id",
+    "tenant",
+    "actor",
+    "provider",
+    "model",
+    "operation",
+    "category",
+    "tags_json",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_units",
+    "price_source",
+    "error",
+    "recorded_at",
+)
+_COUNTER = "budget_spend_counter"
+_HOLD = "budget_hold"
+_USAGE = "budget_usage"
 
 
 class Ledger:
@@ -80,6 +104,23 @@ class Ledger:
 
     def __init__(self, db: pw.Database) -> None:
         self.db = db
+        self.sqlite = is_sqlite(db)
+        self._lock = "" if self.sqlite else " FOR UPDATE"
+
+    # -- SQL helpers ------------------------------------------------------------------------
+
+    def _sql(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if not self.sqlite:
+            sql = sql.replace("?", "%s")
+        return self.db.execute_sql(sql, tuple(params))
+
+    def _dt(self, moment: datetime) -> Any:
+        value = naive(moment)
+        return str(value) if self.sqlite else value
+
+    @staticmethod
+    def _marks(count: int) -> str:
+        return ", ".join("?" * count)
 
     # -- counters ---------------------------------------------------------------------------
 
@@ -88,24 +129,25 @@ class Ledger:
             return 0
         if target.policy_created_at and target.policy_created_at >= target.window_start:
             return 0  # the policy did not exist during the previous window
-        prev = SpendCounter.get_or_none(
-            (SpendCounter.policy_id == target.policy_id)
-            & (SpendCounter.window_start == naive(target.previous_window_start))
-        )
-        unused = target.limit_units - (prev.spent_units if prev else 0)
+        prev = self._sql(
+            f"SELECT spent_units FROM {_COUNTER} WHERE policy_id = ? AND window_start = ?",
+            (target.policy_id, self._dt(target.previous_window_start)),
+        ).fetchone()
+        unused = target.limit_units - (int(prev[0]) if prev else 0)
         return max(0, min(target.rollover_cap_units, unused))
 
-    def _lock_counters(self, targets: Sequence[Target]) -> dict[int, SpendCounter]:
-        condition = functools.reduce(
-            operator.or_,
-            [(SpendCounter.policy_id == t.policy_id) & (SpendCounter.window_start == naive(t.key)) for t in targets],
-        )
-        query = SpendCounter.select().where(condition).order_by(SpendCounter.id)
-        if not is_sqlite(self.db):
-            query = query.for_update()
-        return {row.policy_id: row for row in query}
+    def _lock_counters(self, targets: Sequence[Target]) -> dict[int, tuple[int, int, int, int]]:
+        """policy_id -> (counter id, spent, reserved, carry), rows locked in id order."""
+        pairs = ", ".join("(?, ?)" for _ in targets)
+        params = [v for t in targets for v in (t.policy_id, self._dt(t.key))]
+        rows = self._sql(
+            f"SELECT id, policy_id, spent_units, reserved_units, carry_units FROM {_COUNTER} "
+            f"WHERE (policy_id, window_start) IN ({pairs}) ORDER BY id{self._lock}",
+            params,
+        ).fetchall()
+        return {int(r[1]): (int(r[0]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
 
-    def _ensure_counters(self, targets: Sequence[Target]) -> dict[int, SpendCounter]:
+    def _ensure_counters(self, targets: Sequence[Target]) -> dict[int, tuple[int, int, int, int]]:
         """Lock the targets' counters in id order (no deadlocks), creating the missing ones first."""
         if not targets:
             return {}
@@ -113,39 +155,41 @@ class Ledger:
         missing = sorted((t for t in targets if t.policy_id not in counters), key=lambda t: (t.policy_id, t.key))
         if not missing:
             return counters  # the usual case: one locking read, no inserts
+        ignore = {"sqlite": "INSERT OR IGNORE INTO", "mysql": "INSERT IGNORE INTO"}
+        kind = "sqlite" if self.sqlite else ("mysql" if isinstance(self.db, pw.MySQLDatabase) else "postgres")
+        tail = " ON CONFLICT DO NOTHING" if kind == "postgres" else ""
         for target in missing:
-            SpendCounter.insert(
-                policy_id=target.policy_id, window_start=naive(target.key), carry_units=self._carry(target)
-            ).on_conflict_ignore().execute()
+            self._sql(
+                f"{ignore.get(kind, 'INSERT INTO')} {_COUNTER} (policy_id, window_start, spent_units, "
+                f"reserved_units, carry_units) VALUES (?, ?, 0, 0, ?){tail}",
+                (target.policy_id, self._dt(target.key), self._carry(target)),
+            )
         return self._lock_counters(targets)
 
-    def _standing(self, target: Target, counter: SpendCounter) -> Standing:
-        if not target.period.is_rolling:
-            return Standing(target, counter.spent_units, counter.reserved_units, counter.carry_units)
-        spent, reserved = cast(
-            tuple[int, int],
-            SpendCounter.select(
-                pw.fn.COALESCE(pw.fn.SUM(SpendCounter.spent_units), 0),
-                pw.fn.COALESCE(pw.fn.SUM(SpendCounter.reserved_units), 0),
-            )
-            .where(
-                (SpendCounter.policy_id == target.policy_id)
-                & (SpendCounter.window_start >= naive(target.window_start))
-                & (SpendCounter.window_start < naive(target.window_end))
-            )
-            .tuples()
-            .get(),
-        )
-        return Standing(target, int(spent), int(reserved), 0)
+    def _standings(self, targets: Sequence[Target], counters: dict[int, tuple[int, int, int, int]]) -> list[Standing]:
+        rolling = [t for t in targets if t.period.is_rolling]
+        sums: dict[int, tuple[int, int]] = {}
+        if rolling:
+            where = " OR ".join("(policy_id = ? AND window_start >= ? AND window_start < ?)" for _ in rolling)
+            params = [v for t in rolling for v in (t.policy_id, self._dt(t.window_start), self._dt(t.window_end))]
+            for policy_id, spent, reserved in self._sql(
+                f"SELECT policy_id, SUM(spent_units), SUM(reserved_units) FROM {_COUNTER} WHERE {where} "
+                "GROUP BY policy_id",
+                params,
+            ).fetchall():
+                sums[int(policy_id)] = (int(spent or 0), int(reserved or 0))
+        result = []
+        for target in targets:
+            _, spent, reserved, carry = counters[target.policy_id]
+            if target.period.is_rolling:
+                spent, reserved = sums.get(target.policy_id, (0, 0))
+                carry = 0
+            result.append(Standing(target, spent, reserved, carry))
+        return result
 
     def standings(self, targets: Sequence[Target]) -> list[Standing]:
         """Current standings of ``targets`` (creates their counters; for reports and verdicts)."""
-
-        def work() -> Any:
-            counters = self._ensure_counters(targets)
-            return [self._standing(t, counters[t.policy_id]) for t in targets]
-
-        return run_in_transaction(self.db, work)
+        return run_in_transaction(self.db, lambda: self._standings(targets, self._ensure_counters(targets)))
 
     # -- reserve ----------------------------------------------------------------------------
 
@@ -165,98 +209,133 @@ class Ledger:
         :return: the standings before the hold, and whether the amount is held.
         """
 
-        def work() -> Any:
+        def work() -> tuple[list[Standing], bool]:
             counters = self._ensure_counters(targets)
-            standings = [self._standing(t, counters[t.policy_id]) for t in targets]
-            if Hold.select().where(Hold.call_id == call_id).exists():
+            standings = self._standings(targets, counters)
+            if self._sql(f"SELECT 1 FROM {_HOLD} WHERE call_id = ?", (call_id,)).fetchone():
                 return standings, True
             if not decide(standings):
                 return standings, False
             if amount_units and targets:
-                rows = []
-                for target in sorted(targets, key=lambda t: counters[t.policy_id].id):
-                    counter = counters[target.policy_id]
-                    SpendCounter.update(reserved_units=SpendCounter.reserved_units + amount_units).where(
-                        SpendCounter.id == counter.id
-                    ).execute()
-                    rows.append(
-                        {
-                            "call_id": call_id,
-                            "counter_id": counter.id,
-                            "policy_id": target.policy_id,
-                            "amount_units": amount_units,
-                            "created_at": naive(now),
-                            "expires_at": naive(expires_at),
-                        }
-                    )
-                Hold.insert_many(rows).execute()
+                ids = sorted(counters[t.policy_id][0] for t in targets)
+                self._sql(
+                    f"UPDATE {_COUNTER} SET reserved_units = reserved_units + ? WHERE id IN ({self._marks(len(ids))})",
+                    [amount_units, *ids],
+                )
+                rows = [
+                    (call_id, counters[t.policy_id][0], t.policy_id, amount_units, self._dt(now), self._dt(expires_at))
+                    for t in targets
+                ]
+                self._sql(
+                    f"INSERT INTO {_HOLD} (call_id, counter_id, policy_id, amount_units, created_at, expires_at) "
+                    f"VALUES {', '.join('(?, ?, ?, ?, ?, ?)' for _ in rows)}",
+                    [v for row in rows for v in row],
+                )
             return standings, True
 
         return run_in_transaction(self.db, work)
 
-    def _drop_holds(self, holds: Iterable[Hold], spent_units: int) -> set[int]:
-        policy_ids = set()
-        for hold in sorted(holds, key=lambda h: h.counter_id):
-            SpendCounter.update(
-                reserved_units=SpendCounter.reserved_units - hold.amount_units,
-                spent_units=SpendCounter.spent_units + spent_units,
-            ).where(SpendCounter.id == hold.counter_id).execute()
-            Hold.delete().where(Hold.id == hold.id).execute()
-            policy_ids.add(hold.policy_id)
-        return policy_ids
+    def _holds(self, where: str, params: Sequence[Any]) -> list[tuple[int, int, int, int]]:
+        """(hold id, counter id, policy id, amount) of matching holds, locked, in counter order."""
+        rows = self._sql(
+            f"SELECT id, counter_id, policy_id, amount_units FROM {_HOLD} WHERE {where} "
+            f"ORDER BY counter_id, id{self._lock}",
+            params,
+        ).fetchall()
+        return [(int(a), int(b), int(c), int(d)) for a, b, c, d in rows]
+
+    def _drop_holds(self, holds: Sequence[tuple[int, int, int, int]], spent_units: int) -> set[int]:
+        """Turn holds into ``spent_units`` of spend on their counters and delete them."""
+        if not holds:
+            return set()
+        by_amount: dict[int, list[int]] = {}
+        for _, counter_id, _, amount in holds:
+            by_amount.setdefault(amount, []).append(counter_id)
+        if not self.sqlite:  # lock the counters in id order first, as reserve does: no deadlocks
+            ids = sorted({h[1] for h in holds})
+            self._sql(f"SELECT id FROM {_COUNTER} WHERE id IN ({self._marks(len(ids))}) ORDER BY id FOR UPDATE", ids)
+        for amount, counter_ids in sorted(by_amount.items()):
+            self._sql(
+                f"UPDATE {_COUNTER} SET reserved_units = reserved_units - ?, spent_units = spent_units + ? "
+                f"WHERE id IN ({self._marks(len(counter_ids))})",
+                [amount, spent_units, *counter_ids],
+            )
+        ids = [h[0] for h in holds]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            self._sql(f"DELETE FROM {_HOLD} WHERE id IN ({self._marks(len(chunk))})", chunk)
+        return {h[2] for h in holds}
 
     # -- settle, release, expire ------------------------------------------------------------
+
+    def usage_row(self, call_id: str) -> dict[str, Any] | None:
+        row = self._sql(f"SELECT {', '.join(USAGE_COLUMNS)} FROM {_USAGE} WHERE call_id = ?", (call_id,)).fetchone()
+        return dict(zip(USAGE_COLUMNS, row, strict=True)) if row else None
 
     def settle(
         self,
         call_id: str,
         cost_units: int,
         usage: dict[str, Any],
-        fallback_targets: Callable[[], Sequence[Target]],
+        targets: Callable[[], Sequence[Target]],
     ) -> Settlement:
         """Record a call's usage once and turn its holds into spend, in one transaction.
 
         When the call has no holds (never reserved, or they expired), its cost is
-        added to the policies ``fallback_targets()`` returns. A second call with the
-        same ``call_id`` changes nothing and returns the first record.
+        added to the policies ``targets()`` returns. A second call with the same
+        ``call_id`` changes nothing and returns the first record. The settlement
+        carries the standings of the touched policies after the spend, for
+        threshold announcements.
         """
         if cost_units < 0:
             raise ValueError(f"cost must not be negative, got {cost_units} units")
+        row = {**usage, "call_id": call_id, "cost_units": cost_units}
+        missing = [c for c in USAGE_COLUMNS if c not in row]
+        if missing:
+            raise ValueError(f"usage row lacks {missing}")
 
-        def work() -> Any:
-            holds_query = Hold.select().where(Hold.call_id == call_id).order_by(Hold.id)
-            if not is_sqlite(self.db):
-                holds_query = holds_query.for_update()  # a concurrent settle of this call waits here
-            holds = list(holds_query)
-            existing = UsageRow.get_or_none(UsageRow.call_id == call_id)
+        def work() -> Settlement:
+            holds = self._holds("call_id = ?", (call_id,))  # a concurrent settle of this call waits here
+            existing = self.usage_row(call_id)
             if existing is not None:
-                return Settlement(existing, False, ())
+                return Settlement(existing, False)
+            current = list(targets())
             if holds:
-                policy_ids = self._drop_holds(holds, cost_units)
+                touched = self._drop_holds(holds, cost_units)
             else:
-                targets = fallback_targets()
-                counters = self._ensure_counters(targets)
-                for counter in sorted(counters.values(), key=lambda c: c.id):
-                    SpendCounter.update(spent_units=SpendCounter.spent_units + cost_units).where(
-                        SpendCounter.id == counter.id
-                    ).execute()
-                policy_ids = set(counters)
-            row_id = UsageRow.insert(call_id=call_id, cost_units=cost_units, **usage).execute()
-            row = UsageRow.get_by_id(row_id)
-            return Settlement(row, True, tuple(sorted(policy_ids)))
+                counters = self._ensure_counters(current)
+                ids = sorted(c[0] for c in counters.values())
+                if ids and cost_units:
+                    self._sql(
+                        f"UPDATE {_COUNTER} SET spent_units = spent_units + ? WHERE id IN ({self._marks(len(ids))})",
+                        [cost_units, *ids],
+                    )
+                touched = set(counters)
+            values = [row[c] for c in USAGE_COLUMNS]
+            values[USAGE_COLUMNS.index("recorded_at")] = self._dt(aware(row["recorded_at"]))
+            self._sql(
+                f"INSERT INTO {_USAGE} ({', '.join(USAGE_COLUMNS)}) VALUES ({self._marks(len(USAGE_COLUMNS))})",
+                values,
+            )
+            after = [t for t in current if t.policy_id in touched]
+            standings = self._standings(after, self._lock_counters(after)) if after else []
+            return Settlement(row, True, tuple(standings))
 
         try:
             return run_in_transaction(self.db, work)
         except pw.IntegrityError:
             # A concurrent settle of the same call committed first (call_id is unique);
             # this transaction was rolled back whole, so the first record stands.
-            return Settlement(UsageRow.get(UsageRow.call_id == call_id), False, ())
+            first = self.usage_row(call_id)
+            if first is None:  # pragma: no cover - the unique key was not call_id
+                raise
+            return Settlement(first, False)
 
     def release(self, call_id: str) -> int:
         """Drop a call's holds without spend (the call failed or was blocked elsewhere)."""
 
-        def work() -> Any:
-            holds = list(Hold.select().where(Hold.call_id == call_id))
+        def work() -> int:
+            holds = self._holds("call_id = ?", (call_id,))
             self._drop_holds(holds, 0)
             return len(holds)
 
@@ -265,8 +344,8 @@ class Ledger:
     def expire(self, now: datetime) -> int:
         """Drop holds whose time is up (the host never called back); returns how many."""
 
-        def work() -> Any:
-            holds = list(Hold.select().where(Hold.expires_at <= naive(now)))
+        def work() -> int:
+            holds = self._holds("expires_at <= ?", (self._dt(now),))
             self._drop_holds(holds, 0)
             return len(holds)
 
@@ -274,16 +353,18 @@ class Ledger:
 
     def outstanding_units(self) -> int:
         """Total held across all counters (0 once every call has ended)."""
-        total = SpendCounter.select(pw.fn.COALESCE(pw.fn.SUM(SpendCounter.reserved_units), 0)).scalar()
-        return int(total or 0)
+        row = self._sql(f"SELECT COALESCE(SUM(reserved_units), 0) FROM {_COUNTER}").fetchone()
+        return int(row[0] or 0)
 
     def mark_threshold(self, policy_id: int, window_start: datetime, threshold: int) -> bool:
         """Remember that a threshold was announced; False when it already was (by any process)."""
+        from .models import ThresholdMark
+
         query = ThresholdMark.insert(
             policy_id=policy_id, window_start=naive(window_start), threshold=threshold
         ).on_conflict_ignore()
 
-        def work() -> Any:
+        def work() -> bool:
             cursor = self.db.execute(query)
             return bool(cursor.rowcount == 1)
 

@@ -25,6 +25,16 @@ class SchemaVersion(BaseModel):
     version = pw.IntegerField()
 
 
+class Meta(BaseModel):
+    """Small named counters; ``policy_generation`` changes whenever any policy changes."""
+
+    name = pw.CharField(max_length=64, unique=True)
+    value = pw.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "budget_meta"
+
+
 class PolicyRow(BaseModel):
     tenant = pw.CharField(max_length=200)
     name = pw.CharField(max_length=200)
@@ -37,6 +47,7 @@ class PolicyRow(BaseModel):
     enforcement = pw.CharField(max_length=16, null=True)
     thresholds_json = pw.TextField(default="[]")
     rollover_cap_units = pw.BigIntegerField(default=0)
+    alternatives_json = pw.TextField(default="[]")
     enabled = pw.BooleanField(default=True)
     priority = pw.IntegerField(default=0)
     version = pw.IntegerField(default=1)
@@ -127,6 +138,7 @@ class AuditEntry(BaseModel):
 
 ALL_MODELS: list[type[BaseModel]] = [
     SchemaVersion,
+    Meta,
     PolicyRow,
     SpendCounter,
     Hold,

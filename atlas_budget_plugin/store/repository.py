@@ -11,9 +11,9 @@ import peewee as pw
 
 from ..money import from_units, to_units
 from ..types import Policy, Scope
-from .database import write_transaction
+from .database import is_sqlite, write_transaction
 from .ledger import aware, naive
-from .models import AuditEntry, Hold, PolicyRow, SpendCounter, ThresholdMark
+from .models import AuditEntry, Hold, Meta, PolicyRow, SpendCounter, ThresholdMark
 
 
 def to_policy(row: PolicyRow) -> Policy:
@@ -29,6 +29,7 @@ def to_policy(row: PolicyRow) -> Policy:
         enforcement=row.enforcement,
         thresholds=json.loads(row.thresholds_json),
         rollover_cap=from_units(row.rollover_cap_units),
+        alternatives=json.loads(row.alternatives_json),
         enabled=row.enabled,
         priority=row.priority,
         version=row.version,
@@ -50,6 +51,7 @@ def _columns(policy: Policy) -> dict[str, Any]:
         "enforcement": policy.enforcement,
         "thresholds_json": json.dumps(policy.thresholds),
         "rollover_cap_units": to_units(policy.rollover_cap),
+        "alternatives_json": json.dumps(policy.alternatives),
         "enabled": policy.enabled,
         "priority": policy.priority,
     }
@@ -60,10 +62,24 @@ def policy_json(policy: Policy | None) -> str | None:
 
 
 class PolicyRepository:
-    """Stores policies and their audit trail."""
+    """Stores policies and their audit trail.
+
+    Every LLM call needs its tenant's policies, so they are cached per process and
+    reloaded when the ``policy_generation`` counter, bumped in the same
+    transaction as any policy change by any process, has moved.
+    """
 
     def __init__(self, db: pw.Database) -> None:
         self.db = db
+        self._cache: dict[tuple[str, bool], tuple[int, list[Policy]]] = {}
+        self._generation_sql = "SELECT value FROM budget_meta WHERE name = " + ("?" if is_sqlite(db) else "%s")
+
+    def generation(self) -> int:
+        row = self.db.execute_sql(self._generation_sql, ("policy_generation",)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _bump(self) -> None:
+        Meta.update(value=Meta.value + 1).where(Meta.name == "policy_generation").execute()
 
     def get(self, tenant: str, policy_id: int) -> Policy | None:
         row = PolicyRow.get_or_none((PolicyRow.tenant == tenant) & (PolicyRow.id == policy_id))
@@ -74,10 +90,17 @@ class PolicyRepository:
         return to_policy(row) if row else None
 
     def all(self, tenant: str, enabled_only: bool = False) -> list[Policy]:
+        """The tenant's policies, highest priority first (from the cache while no policy changed)."""
+        generation = self.generation()
+        cached = self._cache.get((tenant, enabled_only))
+        if cached and cached[0] == generation:
+            return list(cached[1])
         query = PolicyRow.select().where(PolicyRow.tenant == tenant)
         if enabled_only:
             query = query.where(PolicyRow.enabled == True)  # noqa: E712 - peewee expression
-        return [to_policy(r) for r in query.order_by(PolicyRow.priority.desc(), PolicyRow.id)]
+        policies = [to_policy(r) for r in query.order_by(PolicyRow.priority.desc(), PolicyRow.id)]
+        self._cache[(tenant, enabled_only)] = (generation, policies)
+        return list(policies)
 
     def conflicting(self, policy: Policy) -> Policy | None:
         """Another policy of the tenant with the same name, or the same scope and period."""
@@ -116,6 +139,7 @@ class PolicyRepository:
             ).execute()
             stored = to_policy(PolicyRow.get_by_id(row_id))
             self._audit(actor, "create", None, stored, now)
+            self._bump()
             return stored
 
     def replace(
@@ -137,6 +161,7 @@ class PolicyRepository:
                 return None
             stored = to_policy(PolicyRow.get_by_id(before.id))
             self._audit(actor, "update", before, stored, now)
+            self._bump()
             return stored
 
     def remove(self, policy: Policy, actor: str, now: datetime) -> None:
@@ -146,6 +171,7 @@ class PolicyRepository:
             Hold.delete().where(Hold.policy_id == policy.id).execute()
             ThresholdMark.delete().where(ThresholdMark.policy_id == policy.id).execute()
             self._audit(actor, "delete", policy, None, now)
+            self._bump()
 
     def audit_trail(self, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
         query = AuditEntry.select().where(AuditEntry.tenant == tenant).order_by(AuditEntry.id.desc()).limit(limit)

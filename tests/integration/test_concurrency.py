@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,40 +18,77 @@ from .workers import host_calls
 
 pytestmark = pytest.mark.slow
 
+BACKENDS = [
+    "sqlite",
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("mysql", marks=pytest.mark.mysql),
+]
 
-def run_workers(url: str, config: Path, processes: int, calls: int) -> list[tuple[str, str]]:
+
+def run_workers(url: str, config: Path, processes: int, calls: int, **job: Any) -> list[dict[str, Any]]:
     ctx = multiprocessing.get_context("spawn")
+    jobs = [{"url": url, "config": str(config), "worker": w, "calls": calls, **job} for w in range(processes)]
     with ctx.Pool(processes) as pool:
-        results = pool.map(host_calls, [(url, str(config), w, calls, "alice") for w in range(processes)])
+        results = pool.map(host_calls, jobs)
     return [item for chunk in results for item in chunk]
 
 
-@pytest.mark.parametrize(
-    "backend",
-    ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("mysql", marks=pytest.mark.mysql)],
-)
+def store_url(backend: str, tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/shared.db" if backend == "sqlite" else server_url(backend)
+
+
+def recorded(config: Path, url: str) -> tuple[dict[str, Decimal], int, dict[str, Decimal]]:
+    services = bootstrap(BudgetSettings.load(config, database_url=url))
+    rows = {row.call_id: Decimal(row.cost_units).scaleb(-9) for row in UsageRow.select()}
+    outstanding = services.ledger.outstanding_units()
+    admin = Actor.system()
+    totals = {
+        "alice": services.tracking.get_usage_summary({"actor": "alice"}, "month", actor=admin).total_cost,
+        "red": services.tracking.get_usage_summary({"team": "red"}, "day", actor=admin).total_cost,
+        "gpt-4o": services.tracking.get_usage_summary({"model": "gpt-4o"}, "month", actor=admin).total_cost,
+    }
+    services.close()
+    return rows, outstanding, totals
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_four_processes_never_overspend(tmp_path: Path, backend: str) -> None:
-    url = f"sqlite:///{tmp_path}/shared.db" if backend == "sqlite" else server_url(backend)
+    url = store_url(backend, tmp_path)
     config = tmp_path / "budget.toml"
     config.write_text(
         '[[policies]]\nname = "alice"\nscope = { actor = "alice" }\nperiod = "month"\nlimit = "1.50"\n'
         '[[policies]]\nname = "red"\nscope = { team = "red" }\nperiod = "day"\nlimit = "0.60"\n'
     )
-    allowed = run_workers(url, config, processes=4, calls=50)
-
-    services = bootstrap(BudgetSettings.load(config, database_url=url))
-    admin = Actor.system()
-    summary = services.tracking.get_usage_summary({"actor": "alice"}, "month", actor=admin)
-    red = services.tracking.get_usage_summary({"team": "red"}, "day", actor=admin)
-    recorded_ids = {row.call_id for row in UsageRow.select(UsageRow.call_id)}
-    outstanding = services.ledger.outstanding_units()
-    services.close()
+    results = run_workers(url, config, processes=4, calls=50)
+    allowed = {r["call_id"]: Decimal(r["cost"]) for r in results if "cost" in r}
+    rows, outstanding, totals = recorded(config, url)
 
     assert 0 < len(allowed) < 200, "the limit should block some calls and allow others"
-    assert summary.total_cost <= Decimal("1.50")
-    assert red.total_cost <= Decimal("0.60")
-    assert summary.total_cost == sum(Decimal(cost) for _, cost in allowed)
-    assert recorded_ids == {call_id for call_id, _ in allowed}
+    assert totals["alice"] <= Decimal("1.50") and totals["red"] <= Decimal("0.60")
+    assert rows == allowed  # every allowed call recorded once, at its exact cost; nothing else
     assert outstanding == 0
-    # Not under-used by more than the largest single estimate (no false blocking).
-    assert Decimal("1.50") - summary.total_cost < Decimal("0.05") or red.total_cost > Decimal("0.55")
+
+
+LIMITS = {"alice": Decimal("3.00"), "red": Decimal("2.00"), "gpt-4o": Decimal("2.50")}
+
+
+def test_eight_processes_three_overlapping_scopes(tmp_path: Path) -> None:
+    url = store_url("sqlite", tmp_path)
+    config = tmp_path / "budget.toml"
+    config.write_text(
+        '[[policies]]\nname = "alice"\nscope = { actor = "alice" }\nperiod = "month"\nlimit = "3.00"\n'
+        '[[policies]]\nname = "red"\nscope = { team = "red" }\nperiod = "day"\nlimit = "2.00"\n'
+        '[[policies]]\nname = "gpt-4o"\nscope = { model = "gpt-4o" }\nperiod = "month"\nlimit = "2.50"\n'
+    )
+    results = run_workers(url, config, processes=8, calls=200, exact=True, actors=["alice", "bob"])
+    rows, outstanding, totals = recorded(config, url)
+    allowed = {r["call_id"]: Decimal(r["cost"]) for r in results if "cost" in r}
+    denied_by = {r["denied_by"] for r in results if "denied_by" in r}
+    largest = max(Decimal(r["estimate"]) for r in results)
+
+    assert rows == allowed and outstanding == 0
+    for name, limit in LIMITS.items():
+        assert totals[name] <= limit, f"{name} overspent: {totals[name]} > {limit}"
+        if name in denied_by:  # a policy that blocked had less room than one call's estimate
+            assert limit - totals[name] < largest, f"{name} blocked with {limit - totals[name]} unused"
+    assert denied_by, "the limits should have blocked some calls"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from decimal import Decimal
+from typing import Any
 
 import pluggy
 
@@ -13,31 +14,43 @@ from hookspecs import CallBlocked, LLMCall, LLMUsage, guarded_call
 from hookspecs import specs as host_specs
 
 
-def host_calls(args: tuple[str, str, int, int, str]) -> list[tuple[str, str]]:
-    """Make ``calls`` calls with random costs; return (call_id, recorded cost) of each allowed one."""
-    database_url, config_file, worker, calls, actor = args
-    services = bootstrap(BudgetSettings.load(config_file, database_url=database_url))
+def host_calls(job: dict[str, Any]) -> list[dict[str, Any]]:
+    """Make ``job['calls']`` calls with random costs through ``guarded_call``.
+
+    Returns one entry per call: its id, estimate, actual cost when allowed, and
+    the policy that denied it otherwise. ``exact`` makes the actual cost equal
+    to the estimate (so unused budget can be asserted exactly).
+    """
+    services = bootstrap(BudgetSettings.load(job["config"], database_url=job["url"]))
     pm = pluggy.PluginManager(host_specs.PROJECT)
     pm.add_hookspecs(host_specs)
     pm.register(BudgetPlugin(services), name="budget")
-    rng = random.Random(worker)
-    allowed = []
-    for i in range(calls):
+    rng = random.Random(job["worker"])
+    results = []
+    for i in range(job["calls"]):
         estimate = Decimal(rng.randint(1_000, 50_000)).scaleb(-6)  # 0.001 .. 0.05
-        actual = (estimate * Decimal(rng.randint(50, 100)) / 100).quantize(Decimal("1e-9"))
+        actual = estimate if job.get("exact") else (estimate * rng.randint(50, 100) / 100).quantize(Decimal("1e-9"))
         call = LLMCall(
-            call_id=f"w{worker}-{i}",
+            call_id=f"w{job['worker']}-{i}",
             provider="openai",
-            model="gpt-4o",
-            actor=actor,
+            model=rng.choice(["gpt-4o", "gpt-4o-mini"]),
+            actor=rng.choice(job.get("actors", ["alice"])),
             tags={"team": rng.choice(["red", "blue"])},
             estimated_cost=estimate,
         )
+        entry: dict[str, Any] = {
+            "call_id": call.call_id,
+            "estimate": str(estimate),
+            "actor": call.actor,
+            "team": call.tags["team"],
+            "model": call.model,
+        }
         try:
             with guarded_call(pm, call) as guard:
                 guard.usage = LLMUsage(input_tokens=100, output_tokens=10, cost=actual)
-        except CallBlocked:
-            continue
-        allowed.append((call.call_id, str(actual)))
+            entry["cost"] = str(actual)
+        except CallBlocked as blocked:
+            entry["denied_by"] = blocked.verdict.details.get("policy")
+        results.append(entry)
     services.close()
-    return allowed
+    return results
