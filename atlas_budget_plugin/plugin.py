@@ -86,6 +86,9 @@ class BudgetPlugin:
         expired = self.services.policies.expire_reservations(now)
         if expired:
             log.info("released %d expired reservation(s)", expired)
+        pruned = self.services.tracking.prune(self.services.settings.retention_days, now)
+        if pruned:
+            log.info("pruned %d usage row(s) older than %d days", pruned, self.services.settings.retention_days)
 
 
 _default = BudgetPlugin()

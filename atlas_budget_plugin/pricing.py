@@ -6,14 +6,14 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 import genai_prices
 from genai_prices import data_snapshot
 
 from hookspecs import LLMCall, LLMUsage
 
-from .exceptions import UnknownPriceError
+from .exceptions import UnknownPriceError, ValidationError
 from .money import quantize
 from .settings import BudgetSettings, PriceOverride
 
@@ -35,6 +35,22 @@ _NOT_CHAT = (
     "ft:",
     "research",
 )
+
+
+#: Usage keys the genai-prices catalogue can price (beyond the four token counts).
+CATALOGUE_UNITS = frozenset(genai_prices.types._reported_usage_keys())
+_TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+
+
+def _flavor(provider: str, response: Any) -> str:
+    """The genai-prices API flavour of a raw response body."""
+    if provider != "openai" or not isinstance(response, dict):
+        return "default"
+    if response.get("object") == "response" or "output" in response:
+        return "responses"
+    if response.get("object") == "list" and "data" in response:
+        return "embeddings"
+    return "chat"
 
 
 class PriceHook(Protocol):
@@ -67,7 +83,7 @@ class Pricer:
         return None
 
     @staticmethod
-    def _apply(price: PriceOverride, usage: LLMUsage) -> Decimal:
+    def _apply(price: PriceOverride, usage: LLMUsage, source: str = "") -> Decimal:
         cache_read = price.cache_read if price.cache_read is not None else price.input
         cache_write = price.cache_write if price.cache_write is not None else price.input
         plain_input = usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens
@@ -77,21 +93,32 @@ class Pricer:
             + usage.cache_write_tokens * cache_write
             + usage.output_tokens * price.output
         )
-        return per_million / MILLION + price.per_call
+        units = Decimal(0)
+        for name, amount in usage.units.items():
+            if name not in price.per_unit:
+                raise UnknownPriceError(
+                    f"usage has {amount} {name!r} but {source or 'the price'} has no per_unit price for it; "
+                    f'add per_unit = {{ "{name}" = "<price per unit>" }}'
+                )
+            units += amount * price.per_unit[name]
+        return per_million / MILLION + price.per_call + units
 
     @staticmethod
     def _catalogue(call: LLMCall, usage: LLMUsage) -> Price | None:
+        if any(name not in CATALOGUE_UNITS for name in usage.units):
+            return None  # the catalogue cannot price these units; an override must
         tokens = genai_prices.Usage(
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             cache_read_tokens=usage.cache_read_tokens,
             cache_write_tokens=usage.cache_write_tokens,
+            **{name: amount for name, amount in usage.units.items()},
         )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 result = genai_prices.calc_price(tokens, call.model, provider_id=call.provider)
-        except LookupError:
+        except (LookupError, ValueError):
             return None
         return Price(
             Decimal(result.total_price),
@@ -123,17 +150,18 @@ class Pricer:
         override = self._override(call)
         if override is not None:
             key, price = override
-            return Price(self._apply(price, usage), f"settings prices.{key}")
+            return Price(self._apply(price, usage, f"prices.{key}"), f"settings prices.{key}")
         catalogued = self._catalogue(call, usage)
         if catalogued is not None:
             return catalogued
-        if self.default_price is not None:
+        if self.default_price is not None and not usage.units:
             default = PriceOverride(input=self.default_price, output=self.default_price)
             return Price(self._apply(default, usage), "settings unknown_model default price")
         if self.unknown_model == "allow_unpriced":
             return Price(Decimal(0), "unpriced")
+        what = f" with units {sorted(usage.units)}" if usage.units else ""
         raise UnknownPriceError(
-            f"no price is known for model {call.model!r} of provider {call.provider!r}. Add "
+            f"no price is known for model {call.model!r} of provider {call.provider!r}{what}. Add "
             f'[prices."{call.provider}/{call.model}"] with input and output prices per million '
             "tokens to the settings file, or set unknown_model to 'allow_unpriced' or a default price"
         )
@@ -169,6 +197,41 @@ class Pricer:
             ):
                 names.append(model.id)
         return names
+
+    @staticmethod
+    def resolve_usage(call: LLMCall, usage: LLMUsage) -> LLMUsage:
+        """Fill token counts from ``usage.response`` when the host gave only the raw response body.
+
+        Understands OpenAI chat completions, responses and embeddings, Anthropic
+        messages and Google Gemini ``generateContent`` bodies (through genai-prices).
+        """
+        if usage.response is None or not usage.is_empty:
+            return usage
+        try:
+            extracted = genai_prices.extract_usage(
+                usage.response, provider_id=call.provider, api_flavor=_flavor(call.provider, usage.response)
+            )
+        except (LookupError, ValueError, TypeError, AttributeError) as exc:
+            raise ValidationError(
+                f"cannot read usage from the {call.provider} response of call {call.call_id}: {exc}; pass token "
+                "counts in LLMUsage instead"
+            ) from None
+        found = extracted.usage
+        extra = {
+            name: getattr(found, name)
+            for name in CATALOGUE_UNITS
+            # text-modality counts restate the totals; the catalogue derives them itself
+            if name not in _TOKEN_FIELDS and "_text_" not in name and getattr(found, name, None)
+        }
+        return LLMUsage(
+            input_tokens=int(found.input_tokens or 0),
+            output_tokens=int(found.output_tokens or 0),
+            cache_read_tokens=int(found.cache_read_tokens or 0),
+            cache_write_tokens=int(found.cache_write_tokens or 0),
+            cost=usage.cost,
+            response=usage.response,
+            units=extra,
+        )
 
     def estimate_usage(self, call: LLMCall) -> LLMUsage:
         """Tokens a call may use, for the pre-flight estimate: the host's counts or the defaults."""

@@ -49,12 +49,21 @@ class PriceOverride(BaseModel):
     cache_read: Money | None = None
     cache_write: Money | None = None
     per_call: Money = Decimal(0)
+    per_unit: dict[str, Money] = Field(default_factory=dict)
 
     @field_validator("input", "output", "cache_read", "cache_write", "per_call")
     @classmethod
     def _not_negative(cls, value: Decimal | None) -> Decimal | None:
         if value is not None and value < 0:
             raise ValueError(f"prices must not be negative, got {value}")
+        return value
+
+    @field_validator("per_unit")
+    @classmethod
+    def _units_not_negative(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
+        for name, price in value.items():
+            if price < 0:
+                raise ValueError(f"per_unit price of {name!r} must not be negative, got {price}")
         return value
 
 
@@ -85,6 +94,7 @@ class BudgetSettings(BaseSettings):
     default_max_output_tokens: int = Field(default=1024, ge=0)
     default_input_tokens: int = Field(default=1024, ge=0)
     unknown_model: str = "block"
+    retention_days: int = Field(default=0, ge=0)
     tenant: str = "default"
     actor: str = "system"
     policies: list[PolicySpec] = Field(default_factory=list)

@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, cast
-
-import peewee as pw
+from typing import Any
 
 from hookspecs import LLMCall, LLMUsage
 
 from .bus import MessageBus
 from .exceptions import ValidationError
-from .money import from_units, parse_money, to_units
-from .periods import Period, parse_period, window
+from .money import from_units, parse_money, quantize, tidy, to_units
+from .periods import Period, parse_period, previous_window, window
 from .permissions import BudgetPermissionChecker
 from .pricing import Pricer
 from .store import Ledger, Standing, Target, aware, naive
 from .store.ledger import USAGE_COLUMNS
 from .store.models import UsageRow
+from .store.reports import Filter, Totals, UsageReports
 from .types import (
+    TAG_DIMENSIONS,
     Actor,
     BudgetThresholdEvent,
     BudgetUsageEvent,
+    PeriodComparison,
     Policy,
+    Projection,
     Scope,
     SpendRow,
     TrendPoint,
@@ -57,6 +60,7 @@ def to_record(row: UsageRow | dict[str, Any]) -> UsageRecord:
         cache_read_tokens=int(data["cache_read_tokens"]),
         cache_write_tokens=int(data["cache_write_tokens"]),
         cost=from_units(int(data["cost_units"])),
+        units={k: Decimal(v) for k, v in json.loads(data.get("units_json") or "{}").items()},
         price_source=data["price_source"],
         error=data["error"],
         recorded_at=aware(data["recorded_at"]),
@@ -77,6 +81,7 @@ class BudgetTrackingService:
         clock: Clock = utcnow,
     ) -> None:
         self.ledger = ledger
+        self.reports = UsageReports(ledger.db)
         self.pricer = pricer
         self.bus = bus
         self.targets = targets
@@ -93,12 +98,15 @@ class BudgetTrackingService:
         Returns the record (the first one if this ``call_id`` was already
         recorded), or None when the call consumed nothing and failed.
         """
+        usage = self.pricer.resolve_usage(call, usage)
         if error is not None and usage.is_empty:
             self.ledger.release(call.call_id)
             return None
         price = self.pricer.price(call, usage)
         metadata: dict[str, Any] = {name: getattr(usage, name) for name in TOKEN_FIELDS}
         metadata["price_source"] = price.source
+        if usage.units:
+            metadata["units"] = dict(usage.units)
         if error is not None:
             metadata["error"] = f"{type(error).__name__}: {error}"[:2000]
         return self.record_usage(call, price.cost, metadata)
@@ -118,7 +126,7 @@ class BudgetTrackingService:
         if amount < 0:
             raise ValidationError(f"cost must not be negative, got {amount} for call {call.call_id}")
         metadata = dict(metadata or {})
-        unknown = set(metadata) - set(TOKEN_FIELDS) - {"price_source", "error"}
+        unknown = set(metadata) - set(TOKEN_FIELDS) - {"price_source", "error", "units"}
         if unknown:
             raise ValidationError(
                 f"unknown usage metadata {sorted(unknown)}; allowed: {', '.join(TOKEN_FIELDS)}, price_source, error"
@@ -137,6 +145,7 @@ class BudgetTrackingService:
             "category": call.category,
             "tags_json": json.dumps(dict(call.tags), sort_keys=True),
             **{name: metadata.get(name, 0) for name in TOKEN_FIELDS},
+            "units_json": json.dumps({k: str(v) for k, v in (metadata.get("units") or {}).items()}, sort_keys=True),
             "price_source": metadata.get("price_source", "caller"),
             "error": metadata.get("error"),
             "recorded_at": naive(now),
@@ -183,34 +192,27 @@ class BudgetTrackingService:
     def _window(self, period: str, now: datetime | None, tz: str) -> tuple[Period, datetime, datetime]:
         try:
             parsed = parse_period(period)
+            start, end = window(parsed, tz, now or self.clock())
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
-        start, end = window(parsed, tz, now or self.clock())
         return parsed, start, end
 
-    def _query(self, actor: Actor, scope: Scope | dict[str, Any] | None, start: datetime, end: datetime) -> Any:
+    def _filter(self, actor: Actor, scope: Scope | dict[str, Any] | None) -> tuple[Scope, Filter]:
         self.permissions.require(actor, "budget:read")
         try:
             wanted = scope if isinstance(scope, Scope) else Scope.model_validate(scope or {})
         except Exception as exc:
             raise ValidationError(f"invalid report scope: {exc}") from None
-        query = UsageRow.select().where(
-            (UsageRow.tenant == actor.tenant)
-            & (UsageRow.recorded_at >= naive(start))
-            & (UsageRow.recorded_at < naive(end))
-        )
-        for key in DIMENSIONS:
-            value = getattr(wanted, key)
-            if value is not None:
-                query = query.where(getattr(UsageRow, key) == value)
+        columns = {k: getattr(wanted, k) for k in DIMENSIONS if getattr(wanted, k) is not None}
         tags = dict(wanted.tags)
-        for key in ("team", "project", "session", "persona"):
-            if getattr(wanted, key) is not None:
-                tags[key] = getattr(wanted, key)
-        for key, value in tags.items():
-            fragment = f"{json.dumps(key)}: {json.dumps(value)}"
-            query = query.where(UsageRow.tags_json.contains(fragment))
-        return query
+        tags.update({k: getattr(wanted, k) for k in TAG_DIMENSIONS if getattr(wanted, k) is not None})
+        return wanted, Filter(columns, tags)
+
+    def _policy_for(self, tenant: str, scope: Scope, period: Period) -> Policy | None:
+        for policy in self.policies(tenant):
+            if policy.scope == scope and policy.period == period.name:
+                return policy
+        return None
 
     def get_usage_summary(
         self,
@@ -221,29 +223,33 @@ class BudgetTrackingService:
         now: datetime | None = None,
         timezone: str = "UTC",
     ) -> UsageSummary:
-        """Total cost, calls and tokens of the actor's tenant within ``scope`` in the current ``period``."""
+        """Total cost, calls and tokens of the actor's tenant within ``scope`` in the current ``period``.
+
+        When a policy limits exactly this scope and period, the summary also gives
+        its limit and the percent of it used.
+        """
+        wanted, flt = self._filter(actor, scope)
         parsed, start, end = self._window(period, now, timezone)
-        query = self._query(actor, scope, start, end)
-        cost, calls, tin, tout = cast(
-            tuple[int, int, int, int],
-            query.select(
-                pw.fn.COALESCE(pw.fn.SUM(UsageRow.cost_units), 0),
-                pw.fn.COUNT(UsageRow.id),
-                pw.fn.COALESCE(pw.fn.SUM(UsageRow.input_tokens), 0),
-                pw.fn.COALESCE(pw.fn.SUM(UsageRow.output_tokens), 0),
-            )
-            .tuples()
-            .get(),
-        )
+        return self._summary(actor.tenant, wanted, flt, parsed, start, end)
+
+    def _summary(
+        self, tenant: str, wanted: Scope, flt: Filter, parsed: Period, start: datetime, end: datetime
+    ) -> UsageSummary:
+        totals = self.reports.totals(tenant, start, end, flt)
+        policy = self._policy_for(tenant, wanted, parsed)
+        cost = from_units(totals.cost_units)
         return UsageSummary(
-            tenant=actor.tenant,
+            tenant=tenant,
             period=parsed.name,
             start=start,
             end=end,
-            total_cost=from_units(int(cost)),
-            calls=int(calls),
-            input_tokens=int(tin),
-            output_tokens=int(tout),
+            total_cost=cost,
+            calls=totals.calls,
+            input_tokens=totals.input_tokens,
+            output_tokens=totals.output_tokens,
+            policy=policy.name if policy else None,
+            limit=policy.limit if policy else None,
+            percent_used=tidy(cost * 100 / policy.limit) if policy else None,
         )
 
     def get_spend_by(
@@ -259,17 +265,20 @@ class BudgetTrackingService:
         """Spend grouped by one of provider, model, category, actor, operation; largest first."""
         if dimension not in DIMENSIONS:
             raise ValidationError(f"unknown report dimension {dimension!r}; allowed: {', '.join(DIMENSIONS)}")
+        _, flt = self._filter(actor, scope)
         _, start, end = self._window(period, now, timezone)
-        column = getattr(UsageRow, dimension)
-        total = pw.fn.SUM(UsageRow.cost_units)
-        rows: Any = (
-            self._query(actor, scope, start, end)
-            .select(column, total, pw.fn.COUNT(UsageRow.id))
-            .group_by(column)
-            .order_by(total.desc(), column)
-            .tuples()
-        )
-        return [SpendRow(key=key, total_cost=from_units(int(cost)), calls=int(n)) for key, cost, n in rows]
+        groups = self.reports.by(dimension, actor.tenant, start, end, flt)
+        rows = [
+            SpendRow(
+                key=key,
+                total_cost=from_units(t.cost_units),
+                calls=t.calls,
+                input_tokens=t.input_tokens,
+                output_tokens=t.output_tokens,
+            )
+            for key, t in groups.items()
+        ]
+        return sorted(rows, key=lambda r: (-r.total_cost, r.key or ""))
 
     def get_spend_by_category(
         self, scope: Scope | dict[str, Any] | None = None, period: str = "month", **kw: Any
@@ -296,6 +305,7 @@ class BudgetTrackingService:
             raise ValidationError(f"unknown trend granularity {granularity!r}; allowed: hour, day, week, month")
         if periods < 1:
             raise ValidationError(f"periods must be at least 1, got {periods}")
+        _, flt = self._filter(actor, scope)
         parsed = parse_period(granularity)
         bounds: list[tuple[datetime, datetime]] = []
         moment = now or self.clock()
@@ -304,23 +314,76 @@ class BudgetTrackingService:
             bounds.append((start, end))
             moment = start - _TICK
         bounds.reverse()
-        rows: list[Any] = list(
-            self._query(actor, scope, bounds[0][0], bounds[-1][1])
-            .select(UsageRow.recorded_at, UsageRow.cost_units)
-            .tuples()
+        sums = [Totals() for _ in bounds]
+        starts = [b[0] for b in bounds]
+        for at, totals in self.reports.hourly(actor.tenant, bounds[0][0], bounds[-1][1], flt):
+            index = bisect.bisect_right(starts, at) - 1
+            sums[index].add(totals.calls, totals.cost_units, totals.input_tokens, totals.output_tokens)
+        return [
+            TrendPoint(start=a, end=b, total_cost=from_units(t.cost_units), calls=t.calls)
+            for (a, b), t in zip(bounds, sums, strict=True)
+        ]
+
+    def compare_periods(
+        self,
+        scope: Scope | dict[str, Any] | None = None,
+        period: str = "month",
+        *,
+        actor: Actor,
+        now: datetime | None = None,
+        timezone: str = "UTC",
+    ) -> PeriodComparison:
+        """The current ``period`` so far next to the whole previous one."""
+        wanted, flt = self._filter(actor, scope)
+        parsed, start, end = self._window(period, now, timezone)
+        if parsed.kind == "total":
+            raise ValidationError("a lifetime period has no previous period to compare with")
+        previous = previous_window(parsed, timezone, now or self.clock())
+        prev_start, prev_end = previous or (start - (end - start), start)
+        current = self._summary(actor.tenant, wanted, flt, parsed, start, end)
+        before = self._summary(actor.tenant, wanted, flt, parsed, prev_start, prev_end)
+        change = current.total_cost - before.total_cost
+        percent = tidy(change * 100 / before.total_cost) if before.total_cost else None
+        return PeriodComparison(current=current, previous=before, change=change, change_percent=percent)
+
+    def get_projection(
+        self,
+        scope: Scope | dict[str, Any] | None = None,
+        period: str = "month",
+        *,
+        actor: Actor,
+        now: datetime | None = None,
+        timezone: str = "UTC",
+    ) -> Projection:
+        """Spend so far in the current ``period``, extrapolated linearly to the period's end."""
+        wanted, flt = self._filter(actor, scope)
+        moment = now or self.clock()
+        parsed, start, end = self._window(period, moment, timezone)
+        if parsed.kind == "total":
+            raise ValidationError("a lifetime period has no end to project to")
+        summary = self._summary(actor.tenant, wanted, flt, parsed, start, end)
+        elapsed = Decimal((moment - start).total_seconds())
+        length = Decimal((end - start).total_seconds())
+        projected = quantize(summary.total_cost * length / elapsed) if elapsed > 0 else summary.total_cost
+        return Projection(
+            summary=summary,
+            elapsed_fraction=tidy(quantize(elapsed / length)),
+            projected_cost=projected,
+            projected_percent=tidy(projected * 100 / summary.limit) if summary.limit else None,
         )
-        points = []
-        for start, end in bounds:
-            inside = [units for at, units in rows if naive(start) <= _naive_of(at) < naive(end)]
-            points.append(TrendPoint(start=start, end=end, total_cost=from_units(sum(inside)), calls=len(inside)))
-        return points
 
-    def list_usage(self, actor: Actor, limit: int = 100) -> list[UsageRecord]:
-        """The most recent records of the actor's tenant."""
+    def list_usage(self, actor: Actor, limit: int = 100, filters: dict[str, Any] | None = None) -> list[UsageRecord]:
+        """The most recent records of the actor's tenant, optionally filtered by column values."""
         self.permissions.require(actor, "budget:read")
-        query = UsageRow.select().where(UsageRow.tenant == actor.tenant).order_by(UsageRow.id.desc()).limit(limit)
-        return [to_record(r) for r in query]
+        query = UsageRow.select().where(UsageRow.tenant == actor.tenant)
+        for key, value in (filters or {}).items():
+            if key not in DIMENSIONS:
+                raise ValidationError(f"unknown usage filter {key!r}; allowed: {', '.join(DIMENSIONS)}")
+            query = query.where(getattr(UsageRow, key) == value)
+        return [to_record(r) for r in query.order_by(UsageRow.id.desc()).limit(limit)]
 
-
-def _naive_of(value: datetime | str) -> datetime:
-    return aware(value).replace(tzinfo=None)
+    def prune(self, retention_days: int, now: datetime | None = None) -> int:
+        """Delete raw usage rows older than ``retention_days`` (0 keeps everything); totals stay exact."""
+        if retention_days <= 0:
+            return 0
+        return self.reports.prune((now or self.clock()) - timedelta(days=retention_days))

@@ -229,6 +229,7 @@ class UsageRecord(_Frozen):
     cache_write_tokens: int
     cost: Decimal
     price_source: str
+    units: dict[str, Decimal] = Field(default_factory=dict)
     error: str | None = None
     recorded_at: datetime
 
@@ -244,10 +245,14 @@ class UsageSummary(_Frozen):
     calls: int
     input_tokens: int
     output_tokens: int
+    policy: str | None = None
+    limit: Decimal | None = None
+    percent_used: Decimal | None = None
 
     @property
     def average_cost(self) -> Decimal:
-        return self.total_cost / self.calls if self.calls else Decimal(0)
+        """Mean cost per call (exact quotient, rounded to the store's precision)."""
+        return (self.total_cost / self.calls).quantize(Decimal("1e-9")) if self.calls else Decimal(0)
 
 
 class SpendRow(_Frozen):
@@ -256,6 +261,26 @@ class SpendRow(_Frozen):
     key: str | None
     total_cost: Decimal
     calls: int
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class PeriodComparison(_Frozen):
+    """The current period so far next to the previous one."""
+
+    current: UsageSummary
+    previous: UsageSummary
+    change: Decimal
+    change_percent: Decimal | None
+
+
+class Projection(_Frozen):
+    """The current period's spend so far, extrapolated linearly to its end."""
+
+    summary: UsageSummary
+    elapsed_fraction: Decimal
+    projected_cost: Decimal
+    projected_percent: Decimal | None
 
 
 class TrendPoint(_Frozen):

@@ -80,7 +80,8 @@ class LLMUsage:
 
     ``cost``, when the provider reports one, wins over any computed price.
     ``response`` may carry the raw provider response body so usage can be
-    extracted from it by a plugin.
+    extracted from it by a plugin. ``units`` counts what is not billed in tokens,
+    e.g. ``{"images": 2}`` or ``{"audio_seconds": Decimal("31.5")}``.
     """
 
     input_tokens: int = 0
@@ -89,6 +90,7 @@ class LLMUsage:
     cache_write_tokens: int = 0
     cost: Decimal | None = None
     response: Any = None
+    units: Mapping[str, int | Decimal] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
@@ -100,6 +102,18 @@ class LLMUsage:
                 f"input_tokens ({self.input_tokens}): input_tokens counts all input, cached included"
             )
         object.__setattr__(self, "cost", _money("LLMUsage.cost", self.cost))
+        units = {}
+        for name, amount in dict(self.units).items():
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"LLMUsage.units keys must be unit names, got {name!r}")
+            if isinstance(amount, bool) or not isinstance(amount, (int, Decimal)):
+                raise TypeError(f"LLMUsage.units[{name!r}] must be an int or a Decimal, got {amount!r}")
+            if isinstance(amount, Decimal) and not amount.is_finite():
+                raise ValueError(f"LLMUsage.units[{name!r}] must be finite, got {amount}")
+            if amount < 0:
+                raise ValueError(f"LLMUsage.units[{name!r}] must not be negative, got {amount}")
+            units[name] = amount
+        object.__setattr__(self, "units", units)
 
     @property
     def is_empty(self) -> bool:
@@ -110,6 +124,7 @@ class LLMUsage:
             and self.cache_read_tokens == 0
             and self.cache_write_tokens == 0
             and not self.cost
+            and not any(self.units.values())
         )
 
 

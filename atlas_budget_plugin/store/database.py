@@ -18,9 +18,9 @@ from .models import ALL_MODELS, SCHEMA_VERSION, Meta, SchemaVersion, db_proxy
 
 #: Durability first: a recorded call survives a crash or power loss once recorded.
 SQLITE_PRAGMAS = {
+    "busy_timeout": 60_000,  # first, so the pragmas below wait for other processes too
     "journal_mode": "wal",
     "synchronous": "full",
-    "busy_timeout": 60_000,
     "foreign_keys": 1,
 }
 
@@ -141,10 +141,17 @@ def schema_version(db: pw.Database) -> int | None:
 def initialize(db: pw.Database) -> int:
     """Bind the models to ``db``, create missing tables and run pending migrations."""
     db_proxy.initialize(db)
-    try:
-        db.connect(reuse_if_open=True)
-    except pw.OperationalError as exc:
-        raise StoreUnavailable(f"cannot connect to the budget database: {exc}") from exc
+    for attempt in range(5):
+        try:
+            db.connect(reuse_if_open=True)
+            break
+        except pw.OperationalError as exc:
+            # A new SQLite file being switched to WAL by another process answers "locked" at once.
+            if "locked" not in str(exc) or attempt == 4:
+                raise StoreUnavailable(f"cannot connect to the budget database: {exc}") from exc
+            if not db.is_closed():  # pragma: no cover - connect failed half-way
+                db.close()
+            time.sleep(0.05 * 2**attempt)
     with _schema_lock(db), write_transaction(db):
         current = schema_version(db)
         if current is None:

@@ -90,10 +90,16 @@ USAGE_COLUMNS = (
     "cache_read_tokens",
     "cache_write_tokens",
     "cost_units",
+    "units_json",
     "price_source",
     "error",
     "recorded_at",
 )
+_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
+_ROLLUP = "budget_usage_hourly"
+ROLLUP_DIMENSIONS = ("actor", "provider", "model", "operation", "category")
+_ROLLUP_KEYS = ["tenant", "dimension", "dim_value", "hour"]
+_ROLLUP_SUMS = ["calls", "cost_units", *_TOKENS]
 _COUNTER = "budget_spend_counter"
 _HOLD = "budget_hold"
 _USAGE = "budget_usage"
@@ -105,6 +111,7 @@ class Ledger:
     def __init__(self, db: pw.Database) -> None:
         self.db = db
         self.sqlite = is_sqlite(db)
+        self.kind = "sqlite" if self.sqlite else ("mysql" if isinstance(db, pw.MySQLDatabase) else "postgres")
         self._lock = "" if self.sqlite else " FOR UPDATE"
 
     # -- SQL helpers ------------------------------------------------------------------------
@@ -156,11 +163,10 @@ class Ledger:
         if not missing:
             return counters  # the usual case: one locking read, no inserts
         ignore = {"sqlite": "INSERT OR IGNORE INTO", "mysql": "INSERT IGNORE INTO"}
-        kind = "sqlite" if self.sqlite else ("mysql" if isinstance(self.db, pw.MySQLDatabase) else "postgres")
-        tail = " ON CONFLICT DO NOTHING" if kind == "postgres" else ""
+        tail = " ON CONFLICT DO NOTHING" if self.kind == "postgres" else ""
         for target in missing:
             self._sql(
-                f"{ignore.get(kind, 'INSERT INTO')} {_COUNTER} (policy_id, window_start, spent_units, "
+                f"{ignore.get(self.kind, 'INSERT INTO')} {_COUNTER} (policy_id, window_start, spent_units, "
                 f"reserved_units, carry_units) VALUES (?, ?, 0, 0, ?){tail}",
                 (target.policy_id, self._dt(target.key), self._carry(target)),
             )
@@ -317,6 +323,7 @@ class Ledger:
                 f"INSERT INTO {_USAGE} ({', '.join(USAGE_COLUMNS)}) VALUES ({self._marks(len(USAGE_COLUMNS))})",
                 values,
             )
+            self._roll_up(row)
             after = [t for t in current if t.policy_id in touched]
             standings = self._standings(after, self._lock_counters(after)) if after else []
             return Settlement(row, True, tuple(standings))
@@ -330,6 +337,22 @@ class Ledger:
             if first is None:  # pragma: no cover - the unique key was not call_id
                 raise
             return Settlement(first, False)
+
+    def _roll_up(self, row: dict[str, Any]) -> None:
+        """Add the usage row to its hourly bucket (an upsert, in the settling transaction)."""
+        hour = self._dt(aware(row["recorded_at"]).replace(minute=0, second=0, microsecond=0))
+        sums = [1, row["cost_units"], *(row[c] for c in _TOKENS)]
+        rows = [[row["tenant"], "*", "", hour, *sums]]
+        rows += [[row["tenant"], dim, row[dim] or "", hour, *sums] for dim in ROLLUP_DIMENSIONS]
+        columns = ", ".join(_ROLLUP_KEYS + _ROLLUP_SUMS)
+        marks = ", ".join(f"({self._marks(len(_ROLLUP_KEYS) + len(_ROLLUP_SUMS))})" for _ in rows)
+        if self.kind == "mysql":
+            update = ", ".join(f"{c} = {c} + VALUES({c})" for c in _ROLLUP_SUMS)
+            tail = f"ON DUPLICATE KEY UPDATE {update}"
+        else:
+            update = ", ".join(f"{c} = {_ROLLUP}.{c} + excluded.{c}" for c in _ROLLUP_SUMS)
+            tail = f"ON CONFLICT ({', '.join(_ROLLUP_KEYS)}) DO UPDATE SET {update}"
+        self._sql(f"INSERT INTO {_ROLLUP} ({columns}) VALUES {marks} {tail}", [v for r in rows for v in r])
 
     def release(self, call_id: str) -> int:
         """Drop a call's holds without spend (the call failed or was blocked elsewhere)."""

@@ -101,6 +101,7 @@ class UsageRow(BaseModel):
     cache_read_tokens = pw.BigIntegerField(default=0)
     cache_write_tokens = pw.BigIntegerField(default=0)
     cost_units = pw.BigIntegerField()
+    units_json = pw.TextField(default="{}")
     price_source = pw.CharField(max_length=200)
     error = pw.TextField(null=True)
     recorded_at = pw.DateTimeField()
@@ -108,6 +109,31 @@ class UsageRow(BaseModel):
     class Meta:
         table_name = "budget_usage"
         indexes = ((("tenant", "recorded_at"), False),)
+
+
+class UsageHourly(BaseModel):
+    """Usage summed per tenant, UTC hour and one dimension value (``*`` = the whole tenant).
+
+    Updated in the same transaction as each usage row (one row for the tenant
+    total and one per dimension: actor, provider, model, operation, category), so
+    reports read hundreds of buckets instead of millions of rows, and totals stay
+    exact after raw rows are pruned. A missing actor or category is the key ''.
+    """
+
+    tenant = pw.CharField(max_length=200)
+    dimension = pw.CharField(max_length=16)
+    key = pw.CharField(max_length=200, column_name="dim_value")
+    hour = pw.DateTimeField()
+    calls = pw.BigIntegerField(default=0)
+    cost_units = pw.BigIntegerField(default=0)
+    input_tokens = pw.BigIntegerField(default=0)
+    output_tokens = pw.BigIntegerField(default=0)
+    cache_read_tokens = pw.BigIntegerField(default=0)
+    cache_write_tokens = pw.BigIntegerField(default=0)
+
+    class Meta:
+        table_name = "budget_usage_hourly"
+        indexes = ((("tenant", "dimension", "key", "hour"), True),)
 
 
 class ThresholdMark(BaseModel):
@@ -143,6 +169,7 @@ ALL_MODELS: list[type[BaseModel]] = [
     SpendCounter,
     Hold,
     UsageRow,
+    UsageHourly,
     ThresholdMark,
     AuditEntry,
 ]

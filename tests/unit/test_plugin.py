@@ -108,3 +108,15 @@ def test_lazy_bootstrap_from_settings(make_services: Any) -> None:
     plugin.pre_llm_call(call(1))
     plugin.pre_llm_call(call(2))
     assert len(made) == 1
+
+
+def test_tick_prunes_old_rows_when_retention_is_set(make_services: Any, clock: FakeClock, admin: Actor) -> None:
+    services = make_services(retention_days=30)
+    plugin = BudgetPlugin(services)
+    services.tracking.record_usage(call(1), Decimal("1.5"))
+    plugin.on_period_tick(clock.now + timedelta(days=29))
+    assert len(services.tracking.list_usage(admin)) == 1
+    plugin.on_period_tick(clock.now + timedelta(days=31))
+    assert services.tracking.list_usage(admin) == []
+    total = services.tracking.get_usage_summary(None, "total", actor=admin, now=clock.now + timedelta(days=31))
+    assert total.total_cost == Decimal("1.5")

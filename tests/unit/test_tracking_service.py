@@ -119,7 +119,7 @@ def test_sums_are_exact(services: BudgetServices, admin: Actor) -> None:
         services.tracking.record_usage(call(f"e{i}", provider=provider, model=f"m{i % 5}"), cost)
     summary = services.tracking.get_usage_summary(None, "month", actor=admin)
     assert summary.total_cost == sum(costs) and summary.calls == 400
-    assert summary.average_cost == sum(costs) / 400
+    assert summary.average_cost == (sum(costs) / 400).quantize(Decimal("1e-9"))
     by_provider = {r.key: r.total_cost for r in services.tracking.get_spend_by_provider(None, "month", actor=admin)}
     assert by_provider == expected
     assert sum(r.total_cost for r in services.tracking.get_spend_by("model", None, "month", actor=admin)) == sum(costs)

@@ -1,0 +1,207 @@
+"""Report queries: whole hours from the hourly rollups, partial hours and tag filters from raw rows."""
+
+from __future__ import annotations
+
+import functools
+import json
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import peewee as pw
+
+from .ledger import ROLLUP_DIMENSIONS, aware, naive
+from .models import UsageHourly, UsageRow
+
+HOUR = timedelta(hours=1)
+
+
+@dataclass
+class Totals:
+    """Integer sums (money in store units) of some usage."""
+
+    calls: int = 0
+    cost_units: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def add(self, calls: Any, cost: Any, tin: Any, tout: Any) -> None:
+        self.calls += int(calls or 0)
+        self.cost_units += int(cost or 0)
+        self.input_tokens += int(tin or 0)
+        self.output_tokens += int(tout or 0)
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What a report is restricted to: column values and tags (tags force raw rows)."""
+
+    columns: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rollup(self) -> tuple[str, str] | None:
+        """The one (dimension, value) a rollup can answer, ('*', '') for none; None if it cannot."""
+        if self.tags or len(self.columns) > 1:
+            return None
+        if not self.columns:
+            return ("*", "")
+        ((dimension, value),) = self.columns.items()
+        return (dimension, value)
+
+
+def _ceil_hour(moment: datetime) -> datetime:
+    floor = moment.replace(minute=0, second=0, microsecond=0)
+    return floor if floor == moment else floor + HOUR
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+class UsageReports:
+    """Sums of usage for one tenant over time ranges, grouped by a dimension or by hour."""
+
+    def __init__(self, db: pw.Database) -> None:
+        self.db = db
+
+    # -- the two sources --------------------------------------------------------------------
+
+    def _raw(self, tenant: str, spans: Sequence[tuple[datetime, datetime]], flt: Filter) -> Any:
+        span_condition = functools.reduce(
+            operator.or_,
+            [(UsageRow.recorded_at >= naive(a)) & (UsageRow.recorded_at < naive(b)) for a, b in spans],
+        )
+        query = UsageRow.select().where((UsageRow.tenant == tenant) & span_condition)
+        for column, value in flt.columns.items():
+            query = query.where(getattr(UsageRow, column) == value)
+        for key, value in flt.tags.items():
+            query = query.where(UsageRow.tags_json.contains(f"{json.dumps(key)}: {json.dumps(value)}"))
+        return query
+
+    def _spans(self, start: datetime, end: datetime, flt: Filter) -> tuple[tuple[datetime, datetime] | None, list]:
+        """Split ``[start, end)`` into whole hours for the rollups and edge spans for raw rows."""
+        if flt.rollup is None:
+            return None, [(start, end)]
+        first, last = _ceil_hour(start), _floor_hour(end)
+        if first >= last:
+            return None, [(start, end)]
+        edges = [(a, b) for a, b in ((start, first), (last, end)) if a < b]
+        return (first, last), edges
+
+    def _rollup(self, tenant: str, hours: tuple[datetime, datetime], dimension: str, key: str | None) -> Any:
+        query = UsageHourly.select().where(
+            (UsageHourly.tenant == tenant)
+            & (UsageHourly.dimension == dimension)
+            & (UsageHourly.hour >= naive(hours[0]))
+            & (UsageHourly.hour < naive(hours[1]))
+        )
+        if key is not None:
+            query = query.where(UsageHourly.key == key)
+        return query
+
+    # -- reports ----------------------------------------------------------------------------
+
+    def totals(self, tenant: str, start: datetime, end: datetime, flt: Filter) -> Totals:
+        totals = Totals()
+        hours, edges = self._spans(start, end, flt)
+        sums_rollup = (
+            pw.fn.SUM(UsageHourly.calls),
+            pw.fn.SUM(UsageHourly.cost_units),
+            pw.fn.SUM(UsageHourly.input_tokens),
+            pw.fn.SUM(UsageHourly.output_tokens),
+        )
+        if hours is not None:
+            dimension, key = flt.rollup or ("*", "")
+            found: Any = self._rollup(tenant, hours, dimension, key).select(*sums_rollup).tuples().get()
+            totals.add(*found)
+        if edges:
+            sums_raw = (
+                pw.fn.COUNT(UsageRow.id),
+                pw.fn.SUM(UsageRow.cost_units),
+                pw.fn.SUM(UsageRow.input_tokens),
+                pw.fn.SUM(UsageRow.output_tokens),
+            )
+            edge: Any = self._raw(tenant, edges, flt).select(*sums_raw).tuples().get()
+            totals.add(*edge)
+        return totals
+
+    def by(self, dimension: str, tenant: str, start: datetime, end: datetime, flt: Filter) -> dict[str | None, Totals]:
+        """Totals per value of ``dimension`` (None for a missing actor or category)."""
+        result: dict[str | None, Totals] = {}
+        # Rollups hold one dimension at a time: a filtered breakdown reads raw rows.
+        hours, edges = self._spans(start, end, flt) if flt.rollup == ("*", "") else (None, [(start, end)])
+        if hours is not None:
+            rows: Any = (
+                self._rollup(tenant, hours, dimension, None)
+                .select(
+                    UsageHourly.key,
+                    pw.fn.SUM(UsageHourly.calls),
+                    pw.fn.SUM(UsageHourly.cost_units),
+                    pw.fn.SUM(UsageHourly.input_tokens),
+                    pw.fn.SUM(UsageHourly.output_tokens),
+                )
+                .group_by(UsageHourly.key)
+                .tuples()
+            )
+            for key, *sums in rows:
+                result.setdefault(key or None, Totals()).add(*sums)
+        if edges:
+            column = getattr(UsageRow, dimension)
+            raw_rows: Any = (
+                self._raw(tenant, edges, flt)
+                .select(
+                    column,
+                    pw.fn.COUNT(UsageRow.id),
+                    pw.fn.SUM(UsageRow.cost_units),
+                    pw.fn.SUM(UsageRow.input_tokens),
+                    pw.fn.SUM(UsageRow.output_tokens),
+                )
+                .group_by(column)
+                .tuples()
+            )
+            for key, *sums in raw_rows:
+                result.setdefault(key or None, Totals()).add(*sums)
+        return result
+
+    def hourly(self, tenant: str, start: datetime, end: datetime, flt: Filter) -> list[tuple[datetime, Totals]]:
+        """Totals per moment: whole hours from rollups (at the hour), raw rows at their own time."""
+        points: list[tuple[datetime, Totals]] = []
+        hours, edges = self._spans(start, end, flt)
+        if hours is not None:
+            dimension, key = flt.rollup or ("*", "")
+            rows: Any = (
+                self._rollup(tenant, hours, dimension, key)
+                .select(
+                    UsageHourly.hour,
+                    UsageHourly.calls,
+                    UsageHourly.cost_units,
+                    UsageHourly.input_tokens,
+                    UsageHourly.output_tokens,
+                )
+                .tuples()
+            )
+            for hour, *sums in rows:
+                totals = Totals()
+                totals.add(*sums)
+                points.append((aware(hour), totals))
+        if edges:
+            raw_rows: Any = (
+                self._raw(tenant, edges, flt)
+                .select(UsageRow.recorded_at, UsageRow.cost_units, UsageRow.input_tokens, UsageRow.output_tokens)
+                .tuples()
+            )
+            for at, cost, tin, tout in raw_rows:
+                totals = Totals()
+                totals.add(1, cost, tin, tout)
+                points.append((aware(at), totals))
+        return points
+
+    def prune(self, before: datetime) -> int:
+        """Delete raw usage rows recorded before ``before`` (the rollups keep their totals)."""
+        return int(UsageRow.delete().where(UsageRow.recorded_at < naive(before)).execute())
+
+
+__all__ = ["ROLLUP_DIMENSIONS", "Filter", "Totals", "UsageReports"]
