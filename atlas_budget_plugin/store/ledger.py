@@ -301,10 +301,9 @@ class Ledger:
             raise ValueError(f"usage row lacks {missing}")
 
         def work() -> Settlement:
-            holds = self._holds("call_id = ?", (call_id,))  # a concurrent settle of this call waits here
-            existing = self.usage_row(call_id)
-            if existing is not None:
-                return Settlement(existing, False)
+            # A concurrent settle of this call waits here. A repeated one finds no holds
+            # and fails on the unique call_id below, which rolls all of this back.
+            holds = self._holds("call_id = ?", (call_id,))
             current = list(targets())
             if holds:
                 touched = self._drop_holds(holds, cost_units)

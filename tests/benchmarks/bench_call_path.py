@@ -2,8 +2,8 @@
 
 The floor is plain ``sqlite3`` writing the same rows into the same tables (same
 indexes) at the same durability (WAL, synchronous=FULL): one transaction that
-adds a hold to 10 counters, one that turns them into spend, deletes the holds
-and inserts the usage row. The figure
+adds a hold to 10 counters, one that turns them into spend, deletes the holds,
+inserts the usage row and adds it to its six hourly rollup rows. The figure
 that matters is the ratio, measured in the same process (target: <= 3x).
 
 Run: ``tox -e bench`` or ``pytest tests/benchmarks/bench_call_path.py --benchmark-only``.
@@ -26,6 +26,8 @@ from atlas_budget_plugin.store.database import SQLITE_PRAGMAS
 from hookspecs import LLMCall, LLMUsage
 
 POLICIES = 10
+ROLLUP = [("*", ""), ("actor", "alice"), ("provider", "openai"), ("model", "gpt-4o"), ("operation", "chat"),
+          ("category", "")]
 
 
 @pytest.fixture
@@ -107,10 +109,19 @@ def test_raw_sqlite_floor(benchmark: Any, tmp_path: Path) -> None:
         db.execute("DELETE FROM budget_hold WHERE call_id = ?", (call_id,))
         db.execute(
             "INSERT INTO budget_usage (call_id, tenant, actor, provider, model, operation, category, tags_json, "
-            "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_units, price_source, error, "
-            "recorded_at) VALUES (?, 'default', 'alice', 'openai', 'gpt-4o', 'chat', NULL, '{}', 1000, 200, 0, 0, "
-            "4200000, 'provider', NULL, ?)",
+            "input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_units, units_json, price_source, "
+            "error, recorded_at) VALUES (?, 'default', 'alice', 'openai', 'gpt-4o', 'chat', NULL, '{}', 1000, 200, "
+            "0, 0, 4200000, '{}', 'provider', NULL, ?)",
             (call_id, now),
+        )
+        db.execute(
+            "INSERT INTO budget_usage_hourly (tenant, dimension, dim_value, hour, calls, cost_units, input_tokens, "
+            "output_tokens, cache_read_tokens, cache_write_tokens) VALUES "
+            + ", ".join("('default', ?, ?, '2026-11-28 12:00:00', 1, 4200000, 1000, 200, 0, 0)" for _ in ROLLUP)
+            + " ON CONFLICT (tenant, dimension, dim_value, hour) DO UPDATE SET calls = calls + excluded.calls, "
+            "cost_units = cost_units + excluded.cost_units, input_tokens = input_tokens + excluded.input_tokens, "
+            "output_tokens = output_tokens + excluded.output_tokens",
+            [v for pair in ROLLUP for v in pair],
         )
         db.execute("COMMIT")
 
