@@ -9,13 +9,16 @@ from datetime import datetime
 import peewee as pw
 import pluggy
 
+from .alert_service import BudgetAlertService
 from .bus import MessageBus
+from .exceptions import BudgetError, SettingsError
 from .extensions import Extensions, get_plugin_manager
 from .permissions import BudgetPermissionChecker
 from .policy_service import BudgetPolicyService
 from .pricing import Pricer
 from .settings import BudgetSettings
 from .store import Ledger, initialize, open_database
+from .store.alerts import AlertRepository
 from .store.repository import PolicyRepository
 from .tracking_service import BudgetTrackingService
 from .types import utcnow
@@ -33,6 +36,14 @@ class BudgetServices:
     ledger: Ledger
     policies: BudgetPolicyService
     tracking: BudgetTrackingService
+    alerts: BudgetAlertService
+
+    def tick(self, now: datetime) -> dict[str, int]:
+        """Every periodic duty, in order: expire holds, evaluate and deliver alerts, prune old rows."""
+        done = {"expired": self.policies.expire_reservations(now)}
+        done["alerts"] = len(self.alerts.evaluate_alerts(now))
+        done["pruned"] = self.tracking.prune(self.settings.retention_days, now)
+        return done
 
     def close(self) -> None:
         if not self.db.is_closed():
@@ -63,6 +74,24 @@ def bootstrap(
     tracking = BudgetTrackingService(
         ledger, pricer, bus, policies.targets_for, lambda tenant: repository.all(tenant), permissions, clock
     )
-    services = BudgetServices(settings, db, bus, extensions, pricer, ledger, policies, tracking)
-    policies.apply_declared(settings.policies)
+    alerts = BudgetAlertService(
+        AlertRepository(db),
+        policies,
+        tracking.reports,
+        extensions,
+        bus,
+        permissions,
+        clock,
+        delivery_attempts=settings.delivery_attempts,
+        delivery_backoff=settings.delivery_backoff,
+    )
+    extensions.configure(settings)
+    services = BudgetServices(settings, db, bus, extensions, pricer, ledger, policies, tracking, alerts)
+    try:
+        policies.apply_declared(settings.policies)
+        alerts.apply_declared(settings.alerts)
+    except BudgetError as exc:
+        raise SettingsError(
+            f"the policies and alerts declared in {settings.config_file} cannot be applied: {exc}"
+        ) from exc
     return services

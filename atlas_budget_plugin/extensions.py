@@ -12,6 +12,8 @@ import pluggy
 from hookspecs import LLMCall, LLMUsage, load_entry_points
 
 from . import hookspecs
+from .exceptions import SettingsError
+from .settings import BudgetSettings
 from .types import Alert, BudgetEvent
 
 log = logging.getLogger("atlas_budget_plugin")
@@ -60,6 +62,17 @@ class Extensions:
                 impl.function(event=event)
             except Exception:
                 log.exception("budget_event hook of plugin %r failed on %s", impl.plugin_name, event.topic)
+
+    def configure(self, settings: BudgetSettings) -> None:
+        """Hand every plugin its settings; a plugin that refuses them stops start-up with its name."""
+        for impl in self.pm.hook.budget_configure.get_hookimpls():
+            try:
+                impl.function(settings=settings)
+            except Exception as exc:
+                raise SettingsError(
+                    f"plugin {impl.plugin_name!r} refused its settings: {exc}. Fix its [sinks.{impl.plugin_name}] "
+                    f"section in {settings.config_file} or block the plugin with ATLAS_PLUGINS_BLOCKED"
+                ) from exc
 
     def sink_names(self) -> list[str]:
         return sorted(impl.plugin_name for impl in self.pm.hook.budget_deliver_alert.get_hookimpls())

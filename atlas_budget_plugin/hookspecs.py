@@ -8,12 +8,26 @@ import pluggy
 
 from hookspecs import LLMCall, LLMUsage
 
+from .settings import BudgetSettings
 from .types import Alert, BudgetEvent
 
 PROJECT = "atlas_budget"
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def budget_configure(settings: BudgetSettings) -> None:
+    """Called once when the budget services start, after every plugin is registered.
+
+    A plugin reads its own section here, e.g. ``settings.sinks.get("webhook", {})``
+    for ``[sinks.webhook]`` in the settings file, and should check it (raise to
+    refuse bad configuration: the error names the plugin and stops start-up).
+
+    :param settings: the settings the services were built from.
+    :return: nothing.
+    """
 
 
 @hookspec

@@ -13,6 +13,7 @@ from hookspecs import LLMCall, LLMUsage, Verdict, hookimpl
 
 from .bootstrap import BudgetServices, bootstrap
 from .exceptions import StoreUnavailable
+from .scheduler import BackgroundEvaluator
 from .types import BudgetDecision
 
 log = logging.getLogger("atlas_budget_plugin")
@@ -52,6 +53,8 @@ class BudgetPlugin:
         )
         self._services: BudgetServices | None = services if isinstance(services, BudgetServices) else None
         self._lock = threading.Lock()
+        self._host_ticks = False
+        self.background: BackgroundEvaluator | None = None
 
     @property
     def services(self) -> BudgetServices:
@@ -59,7 +62,20 @@ class BudgetPlugin:
             with self._lock:
                 if self._services is None:
                     self._services = self._factory()
+                    self._start_background(self._services)
         return self._services
+
+    def _start_background(self, services: BudgetServices) -> None:
+        # Until the host proves it has a scheduler (its first on_period_tick), run our own.
+        interval = services.settings.evaluation_interval
+        if interval > 0 and not self._host_ticks:
+            self.background = BackgroundEvaluator(self._tick, interval)
+            self.background.start()
+
+    def _tick(self, now: datetime) -> None:
+        done = self.services.tick(now)
+        if any(done.values()):
+            log.info("budget tick: %s", ", ".join(f"{k} {v}" for k, v in done.items()))
 
     @hookimpl
     def pre_llm_call(self, call: LLMCall) -> Verdict | None:
@@ -83,12 +99,16 @@ class BudgetPlugin:
 
     @hookimpl
     def on_period_tick(self, now: datetime) -> None:
-        expired = self.services.policies.expire_reservations(now)
-        if expired:
-            log.info("released %d expired reservation(s)", expired)
-        pruned = self.services.tracking.prune(self.services.settings.retention_days, now)
-        if pruned:
-            log.info("pruned %d usage row(s) older than %d days", pruned, self.services.settings.retention_days)
+        self._host_ticks = True
+        if self.background is not None:
+            self.background.stop()
+            self.background = None
+        self._tick(now)
+
+    def close(self) -> None:
+        if self.background is not None:
+            self.background.stop()
+            self.background = None
 
 
 _default = BudgetPlugin()
@@ -97,6 +117,7 @@ _default = BudgetPlugin()
 def set_services(services: BudgetServices | None) -> None:
     """Point the module-level hooks at ``services`` (None: bootstrap lazily from settings again)."""
     global _default
+    _default.close()
     _default = BudgetPlugin(services)
 
 
@@ -114,5 +135,5 @@ def post_llm_call(call: LLMCall, usage: LLMUsage, error: BaseException | None) -
 
 @hookimpl
 def on_period_tick(now: datetime) -> None:
-    """Expire stale reservations (and, with the alert service, evaluate alerts)."""
+    """Expire stale reservations, evaluate and deliver alerts, prune old usage rows."""
     _default.on_period_tick(now)

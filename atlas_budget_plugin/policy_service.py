@@ -206,7 +206,7 @@ class BudgetPolicyService:
     def enforcement(self, policy: Policy) -> Enforcement:
         return policy.enforcement or self.settings.default_enforcement
 
-    def _target(self, policy: Policy, now: datetime) -> Target:
+    def target(self, policy: Policy, now: datetime) -> Target:
         """The policy's window and limit at ``now`` (reused while neither the policy nor the window changes)."""
         key = (policy.id, policy.version)
         hit = self._targets.get(key)
@@ -239,7 +239,7 @@ class BudgetPolicyService:
 
     def targets_for(self, call: LLMCall, now: datetime | None = None) -> list[Target]:
         now = now or self.clock()
-        return [self._target(p, now) for p in self.matching(call)]
+        return [self.target(p, now) for p in self.matching(call)]
 
     def _standing(self, policy: Policy, standing: Standing, requested: int) -> PolicyStanding:
         return PolicyStanding(
@@ -294,7 +294,7 @@ class BudgetPolicyService:
                 warnings=self._price_warnings(call, source),
             )
         by_id = {p.id: p for p in policies}
-        targets = [self._target(p, now) for p in policies]
+        targets = [self.target(p, now) for p in policies]
         units = to_units(amount)
         views: list[PolicyStanding] = []
 

@@ -95,6 +95,8 @@ class BudgetSettings(BaseSettings):
     default_input_tokens: int = Field(default=1024, ge=0)
     unknown_model: str = "block"
     retention_days: int = Field(default=0, ge=0)
+    delivery_attempts: int = Field(default=5, ge=1, le=50)
+    delivery_backoff: float = Field(default=30.0, gt=0)
     tenant: str = "default"
     actor: str = "system"
     policies: list[PolicySpec] = Field(default_factory=list)

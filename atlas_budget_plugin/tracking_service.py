@@ -67,6 +67,14 @@ def to_record(row: UsageRow | dict[str, Any]) -> UsageRecord:
     )
 
 
+def filter_for(scope: Scope) -> Filter:
+    """The report filter equivalent to a scope (team, project, session, persona are call tags)."""
+    columns = {k: getattr(scope, k) for k in DIMENSIONS if getattr(scope, k) is not None}
+    tags = dict(scope.tags)
+    tags.update({k: getattr(scope, k) for k in TAG_DIMENSIONS if getattr(scope, k) is not None})
+    return Filter(columns, tags)
+
+
 class BudgetTrackingService:
     """Records what calls cost and answers where the money went."""
 
@@ -203,10 +211,7 @@ class BudgetTrackingService:
             wanted = scope if isinstance(scope, Scope) else Scope.model_validate(scope or {})
         except Exception as exc:
             raise ValidationError(f"invalid report scope: {exc}") from None
-        columns = {k: getattr(wanted, k) for k in DIMENSIONS if getattr(wanted, k) is not None}
-        tags = dict(wanted.tags)
-        tags.update({k: getattr(wanted, k) for k in TAG_DIMENSIONS if getattr(wanted, k) is not None})
-        return wanted, Filter(columns, tags)
+        return wanted, filter_for(wanted)
 
     def _policy_for(self, tenant: str, scope: Scope, period: Period) -> Policy | None:
         for policy in self.policies(tenant):

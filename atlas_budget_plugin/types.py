@@ -290,18 +290,35 @@ class TrendPoint(_Frozen):
     calls: int
 
 
+AlertKind = Literal["actual", "forecast", "anomaly"]
+Severity = Literal["info", "warning", "critical", "emergency"]
+
+
 class AlertConfig(BaseModel):
-    """When to raise an alert on a policy, and where to send it."""
+    """When to raise an alert on a policy, and where to send it.
+
+    ``actual``: spend reached ``threshold`` percent of the effective limit.
+    ``forecast``: the period's spend so far, projected to its end, reaches it.
+    ``anomaly``: spend in the last ``anomaly_window`` (hour or day) is at least
+    ``threshold`` percent of its trailing average (e.g. 300 = three times usual),
+    and at least ``anomaly_minimum``.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     id: int | None = None
-    policy: str
+    policy: str = Field(min_length=1)
     tenant: str = "default"
-    threshold: int = Field(gt=0, le=1000)
-    kind: Literal["actual", "forecast"] = "actual"
-    severity: Literal["info", "warning", "critical", "emergency"] = "warning"
+    threshold: int = Field(gt=0, le=100_000)
+    kind: AlertKind = "actual"
+    severity: Severity = "warning"
     sinks: list[str] = Field(default_factory=list)
+    cooldown: int = Field(default=0, ge=0, description="seconds after an alert before this config may fire again")
+    anomaly_window: Literal["hour", "day"] = "hour"
+    anomaly_baseline: int = Field(default=24, ge=1, le=1000, description="trailing windows averaged")
+    anomaly_minimum: Money = Decimal("0.01")
+    snoozed_until: datetime | None = None
+    enabled: bool = True
 
 
 class Alert(_Frozen):
@@ -320,7 +337,26 @@ class Alert(_Frozen):
     message: str
     sinks: tuple[str, ...] = ()
     triggered_at: datetime
+    window_end: datetime | None = None
     acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    resolved_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.resolved_at is None and self.acknowledged_at is None
+
+
+class Delivery(_Frozen):
+    """One alert's delivery to one sink: pending, delivered, or failed after every retry."""
+
+    alert_id: int
+    sink: str
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
 
 
 # --- events on the bus (topic -> payload type) --------------------------------------------
@@ -358,7 +394,7 @@ class BudgetAlertEvent(BudgetEvent):
 class BudgetLimitEvent(BudgetEvent):
     policy_id: int
     policy_name: str
-    call_id: str
+    call_id: str | None = None
     spent: Decimal
     limit: Decimal
     requested: Decimal

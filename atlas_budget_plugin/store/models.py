@@ -148,6 +148,59 @@ class ThresholdMark(BaseModel):
         indexes = ((("policy_id", "window_start", "threshold"), True),)
 
 
+class AlertConfigRow(BaseModel):
+    tenant = pw.CharField(max_length=200, index=True)
+    policy = pw.CharField(max_length=200)
+    config_json = pw.TextField()
+    snoozed_until = pw.DateTimeField(null=True)
+    created_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "budget_alert_config"
+
+
+class AlertRow(BaseModel):
+    """A triggered alert; unique per config and window, so it fires once even with many evaluators."""
+
+    config_id = pw.IntegerField()
+    tenant = pw.CharField(max_length=200, index=True)
+    policy = pw.CharField(max_length=200)
+    kind = pw.CharField(max_length=16)
+    severity = pw.CharField(max_length=16)
+    threshold = pw.IntegerField()
+    window_start = pw.DateTimeField()
+    window_end = pw.DateTimeField()
+    spent_units = pw.BigIntegerField()
+    limit_units = pw.BigIntegerField()
+    message = pw.TextField()
+    sinks_json = pw.TextField(default="[]")
+    triggered_at = pw.DateTimeField()
+    acknowledged_by = pw.CharField(max_length=200, null=True)
+    acknowledged_at = pw.DateTimeField(null=True)
+    resolved_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "budget_alert"
+        indexes = ((("config_id", "window_start"), True),)
+
+
+class DeliveryRow(BaseModel):
+    """Delivery of one alert to one sink, retried with backoff; claimed by one evaluator at a time."""
+
+    alert_id = pw.IntegerField()
+    sink = pw.CharField(max_length=100)
+    status = pw.CharField(max_length=16, default="pending")
+    attempts = pw.IntegerField(default=0)
+    last_error = pw.TextField(null=True)
+    next_attempt_at = pw.DateTimeField(index=True)
+    claimed_until = pw.DateTimeField(null=True)
+    delivered_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "budget_delivery"
+        indexes = ((("alert_id", "sink"), True),)
+
+
 class AuditEntry(BaseModel):
     tenant = pw.CharField(max_length=200, index=True)
     actor = pw.CharField(max_length=200)
@@ -171,5 +224,8 @@ ALL_MODELS: list[type[BaseModel]] = [
     UsageRow,
     UsageHourly,
     ThresholdMark,
+    AlertConfigRow,
+    AlertRow,
+    DeliveryRow,
     AuditEntry,
 ]

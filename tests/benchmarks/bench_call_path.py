@@ -26,8 +26,14 @@ from atlas_budget_plugin.store.database import SQLITE_PRAGMAS
 from hookspecs import LLMCall, LLMUsage
 
 POLICIES = 10
-ROLLUP = [("*", ""), ("actor", "alice"), ("provider", "openai"), ("model", "gpt-4o"), ("operation", "chat"),
-          ("category", "")]
+ROLLUP = [
+    ("*", ""),
+    ("actor", "alice"),
+    ("provider", "openai"),
+    ("model", "gpt-4o"),
+    ("operation", "chat"),
+    ("category", ""),
+]
 
 
 @pytest.fixture

@@ -1,0 +1,332 @@
+"""BudgetAlertService: alert configs, evaluation off the call path, acknowledge/snooze, delivery to sinks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Protocol
+
+import pydantic
+
+from .bus import MessageBus
+from .exceptions import NotFoundError, ValidationError
+from .money import from_units, to_units
+from .periods import Period, window
+from .permissions import BudgetPermissionChecker
+from .policy_service import BudgetPolicyService
+from .store.alerts import AlertRepository
+from .store.ledger import naive
+from .store.reports import UsageReports
+from .tracking_service import filter_for
+from .types import Actor, Alert, AlertConfig, BudgetAlertEvent, BudgetLimitEvent, Delivery, Policy, Scope, utcnow
+
+log = logging.getLogger("atlas_budget_plugin.alerts")
+
+Clock = Callable[[], datetime]
+
+#: A forecast needs this share of the period behind it before it may fire (less is noise).
+FORECAST_MIN_ELAPSED = Decimal("0.05")
+
+
+class Sinks(Protocol):
+    def sink_names(self) -> list[str]: ...
+
+    def deliver(self, alert: Alert, sink: str) -> None: ...
+
+
+class BudgetAlertService:
+    """Decides when spend deserves an alert, records it once per window, and delivers it."""
+
+    def __init__(
+        self,
+        repository: AlertRepository,
+        policies: BudgetPolicyService,
+        reports: UsageReports,
+        sinks: Sinks,
+        bus: MessageBus,
+        permissions: BudgetPermissionChecker | None = None,
+        clock: Clock = utcnow,
+        delivery_attempts: int = 5,
+        delivery_backoff: float = 30.0,
+    ) -> None:
+        self.repository = repository
+        self.policies = policies
+        self.reports = reports
+        self.sinks = sinks
+        self.bus = bus
+        self.permissions = permissions or BudgetPermissionChecker()
+        self.clock = clock
+        self.delivery_attempts = delivery_attempts
+        self.delivery_backoff = delivery_backoff
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def _validated(self, data: dict[str, Any]) -> AlertConfig:
+        try:
+            config = AlertConfig.model_validate(data)
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {str(e['msg']).removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            raise ValidationError(f"invalid alert: {problems}") from None
+        if self.policies.repository.by_name(config.tenant, config.policy) is None:
+            raise NotFoundError(f"no policy named {config.policy!r} in tenant {config.tenant!r} to alert on")
+        installed = self.sinks.sink_names()
+        unknown = [s for s in config.sinks if s not in installed]
+        if unknown:
+            raise ValidationError(
+                f"unknown alert sink {unknown[0]!r}; installed sinks: {', '.join(installed) or 'none'} "
+                "(a sink is the entry-point name of an atlas_budget plugin)"
+            )
+        return config
+
+    def configure_alert(self, actor: Actor, alert_config: AlertConfig | dict[str, Any]) -> AlertConfig:
+        """Create an alert config, or update the one with ``alert_config['id']`` (needs ``budget:write``)."""
+        data = (
+            alert_config.model_dump(exclude_unset=True) if isinstance(alert_config, AlertConfig) else dict(alert_config)
+        )
+        data.setdefault("tenant", actor.tenant)
+        self.permissions.require(actor, "budget:write", data["tenant"])
+        config = self._validated(data)
+        if config.id is None:
+            return self.repository.add_config(config, self.clock())
+        if self.repository.get_config(actor.tenant, config.id) is None:
+            raise NotFoundError(f"no alert with id {config.id} in tenant {actor.tenant!r}")
+        return self.repository.replace_config(config)
+
+    def remove_alert(self, actor: Actor, alert_id: int) -> None:
+        """Remove an alert config (needs ``budget:write``)."""
+        self.permissions.require(actor, "budget:write")
+        if self.repository.get_config(actor.tenant, alert_id) is None:
+            raise NotFoundError(f"no alert with id {alert_id} in tenant {actor.tenant!r}")
+        self.repository.remove_config(actor.tenant, alert_id)
+
+    def list_alerts(self, actor: Actor, scope: Scope | dict[str, Any] | None = None) -> list[AlertConfig]:
+        """Alert configs of the actor's tenant, limited to policies whose scope includes ``scope``."""
+        self.permissions.require(actor, "budget:read")
+        wanted = Scope.model_validate(scope or {}).as_dict()
+        policies = {p.name: p for p in self.policies.repository.all(actor.tenant)}
+        result = []
+        for config in self.repository.configs(actor.tenant):
+            policy = policies.get(config.policy)
+            have = policy.scope.as_dict() if policy else {}
+            if all(have.get(k) == v for k, v in wanted.items()):
+                result.append(config)
+        return result
+
+    def snooze_alert(self, actor: Actor, alert_id: int, until: datetime) -> AlertConfig:
+        """Keep an alert config quiet until ``until`` (needs ``budget:write``)."""
+        self.permissions.require(actor, "budget:write")
+        config = self.repository.get_config(actor.tenant, alert_id)
+        if config is None:
+            raise NotFoundError(f"no alert with id {alert_id} in tenant {actor.tenant!r}")
+        if until.tzinfo is None:
+            raise ValidationError("snooze time must be timezone-aware, e.g. 2026-12-01T09:00+00:00")
+        return self.repository.replace_config(config.model_copy(update={"snoozed_until": until}))
+
+    def apply_declared(self, configs: Iterable[AlertConfig]) -> list[AlertConfig]:
+        """Create or update alerts declared in settings, matched by tenant, policy, kind and threshold."""
+        applied = []
+        for declared in configs:
+            existing = {(c.policy, c.kind, c.threshold): c for c in self.repository.configs(declared.tenant)}.get(
+                (declared.policy, declared.kind, declared.threshold)
+            )
+            data = declared.model_dump(exclude={"id"})
+            if existing is not None:
+                data["id"] = existing.id
+                if AlertConfig.model_validate(data | {"snoozed_until": existing.snoozed_until}) == existing:
+                    applied.append(existing)
+                    continue
+            applied.append(self.configure_alert(Actor.system(declared.tenant), data))
+        return applied
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def get_active_alerts(self, actor: Actor) -> list[Alert]:
+        """Alerts of the actor's tenant that are neither acknowledged nor resolved."""
+        self.permissions.require(actor, "budget:read")
+        return self.repository.active(actor.tenant)
+
+    def get_alert_history(self, actor: Actor, limit: int = 100) -> list[Alert]:
+        self.permissions.require(actor, "budget:read")
+        return self.repository.alerts(actor.tenant, limit)
+
+    def acknowledge_alert(self, actor: Actor, alert_id: int) -> Alert:
+        """Mark a triggered alert as seen (needs ``budget:write``); emits ``budget.alert_acknowledged``."""
+        self.permissions.require(actor, "budget:write")
+        alert = self.repository.get_alert(actor.tenant, alert_id)
+        if alert is None:
+            raise NotFoundError(f"no triggered alert with id {alert_id} in tenant {actor.tenant!r}")
+        acknowledged = self.repository.acknowledge(alert, actor.id, self.clock())
+        self.bus.publish(
+            BudgetAlertEvent(topic="budget.alert_acknowledged", tenant=alert.tenant, alert=acknowledged, actor=actor.id)
+        )
+        return acknowledged
+
+    def deliveries(self, actor: Actor, status: str | None = None) -> list[Delivery]:
+        """Delivery state of the tenant's alerts, e.g. ``status='failed'`` for what never got through."""
+        self.permissions.require(actor, "budget:read")
+        return self.repository.deliveries(actor.tenant, status)
+
+    # -- evaluation -------------------------------------------------------------------------
+
+    def evaluate_alerts(self, now: datetime | None = None) -> list[Alert]:
+        """One pass over every tenant's alert configs; returns the alerts that fired.
+
+        Each config fires at most once per window (a unique key in the store, so
+        several evaluating processes cannot duplicate it); alerts whose window
+        ended are resolved; then due deliveries are attempted.
+        """
+        now = now or self.clock()
+        self.repository.resolve_ended(now)
+        fired = []
+        for config in self.repository.configs():
+            alert = self._evaluate(config, now)
+            if alert is not None:
+                fired.append(alert)
+        self.deliver_pending(now)
+        return fired
+
+    def _evaluate(self, config: AlertConfig, now: datetime) -> Alert | None:
+        if not config.enabled or (config.snoozed_until and config.snoozed_until > now):
+            return None
+        policy = self.policies.repository.by_name(config.tenant, config.policy)
+        if policy is None or not policy.enabled:
+            return None
+        if config.cooldown:
+            last = self.repository.last_triggered(config.id or 0)
+            if last is not None and now - last < timedelta(seconds=config.cooldown):
+                return None
+        found = self._anomaly(config, policy, now) if config.kind == "anomaly" else self._spend(config, policy, now)
+        if found is None:
+            return None
+        start, end, spent, limit, message = found
+        sinks = config.sinks or self.sinks.sink_names()
+        alert = self.repository.trigger(
+            {
+                "config_id": config.id,
+                "tenant": config.tenant,
+                "policy": policy.name,
+                "kind": config.kind,
+                "severity": config.severity,
+                "threshold": config.threshold,
+                "window_start": naive(start),
+                "window_end": naive(end),
+                "spent_units": to_units(spent),
+                "limit_units": to_units(limit),
+                "message": message,
+            },
+            sinks,
+            now,
+        )
+        if alert is None:
+            return None
+        log.info("alert %s fired: %s", alert.id, message)
+        self.bus.publish(BudgetAlertEvent(topic="budget.alert_triggered", tenant=alert.tenant, alert=alert))
+        topic = (
+            "budget.limit_exceeded"
+            if config.kind != "anomaly" and config.threshold >= 100
+            else ("budget.approaching_limit" if config.kind != "anomaly" else None)
+        )
+        if topic:
+            self.bus.publish(
+                BudgetLimitEvent(
+                    topic=topic,
+                    tenant=alert.tenant,
+                    policy_id=policy.id or 0,
+                    policy_name=policy.name,
+                    call_id=None,
+                    spent=spent,
+                    limit=limit,
+                    requested=Decimal(0),
+                )
+            )
+        return alert
+
+    def _spend(self, config: AlertConfig, policy: Policy, now: datetime) -> tuple[Any, ...] | None:
+        target = self.policies.target(policy, now)
+        (standing,) = self.policies.ledger.standings([target])
+        spent, limit = from_units(standing.spent_units), from_units(standing.limit_units)
+        pct = config.threshold
+        if config.kind == "actual":
+            if spent * 100 < limit * pct:
+                return None
+            message = (
+                f"budget {policy.name!r} ({config.tenant}) has used {spent} of {limit} {policy.currency} "
+                f"({spent * 100 / limit:.1f}%), reaching the {pct}% threshold"
+            )
+            return target.window_start, target.window_end, spent, limit, message
+        if target.period.kind in ("total", "rolling"):
+            return None  # no period end to project to
+        length = Decimal((target.window_end - target.window_start).total_seconds())
+        elapsed = Decimal((now - target.window_start).total_seconds()) / length
+        if elapsed < FORECAST_MIN_ELAPSED:
+            return None
+        projected = (spent / elapsed).quantize(Decimal("0.01"))
+        if projected * 100 < limit * pct:
+            return None
+        message = (
+            f"budget {policy.name!r} ({config.tenant}) is on course to spend {projected} of {limit} "
+            f"{policy.currency} this {policy.period} ({spent} after {elapsed * 100:.0f}% of it), past {pct}%"
+        )
+        return target.window_start, target.window_end, spent, limit, message
+
+    def _anomaly(self, config: AlertConfig, policy: Policy, now: datetime) -> tuple[Any, ...] | None:
+        span = Period(config.anomaly_window)
+        start, end = window(span, policy.timezone, now)
+        length = end - start
+        flt = filter_for(policy.scope)
+        current = from_units(self.reports.totals(config.tenant, start, end, flt).cost_units)
+        before = self.reports.totals(config.tenant, start - length * config.anomaly_baseline, start, flt)
+        baseline = from_units(before.cost_units) / config.anomaly_baseline
+        if current < config.anomaly_minimum or baseline <= 0 or current * 100 < baseline * config.threshold:
+            return None
+        message = (
+            f"spend under {policy.name!r} ({config.tenant}) this {config.anomaly_window} is {current} "
+            f"{policy.currency}, {current / baseline:.1f}x its average of {baseline.quantize(Decimal('0.0001'))} "
+            f"over the previous {config.anomaly_baseline} {config.anomaly_window}s"
+        )
+        return start, end, current, from_units(to_units(baseline.quantize(Decimal("1e-9")))), message
+
+    # -- delivery ---------------------------------------------------------------------------
+
+    def _retry_at(self, attempts: int, now: datetime) -> datetime | None:
+        if attempts >= self.delivery_attempts:
+            return None
+        return now + timedelta(seconds=min(3600.0, self.delivery_backoff * 2 ** (attempts - 1)))
+
+    def deliver_pending(self, now: datetime | None = None) -> int:
+        """Attempt every due delivery once; a failing sink is retried later with backoff, never blocking others."""
+        now = now or self.clock()
+        delivered = 0
+        for row, alert in self.repository.claim_due(now, timedelta(seconds=120)):
+            try:
+                self.sinks.deliver(alert, row.sink)
+            except Exception as exc:  # a sink may fail in any way; it must not stop the others
+                retry = self._retry_at(row.attempts + 1, now)
+                error = f"{type(exc).__name__}: {exc}"
+                self.repository.failed(row, error, retry)
+                if retry is None:
+                    log.error(
+                        "alert %s could not be delivered to sink %r after %d attempts: %s",
+                        alert.id,
+                        row.sink,
+                        row.attempts + 1,
+                        error,
+                    )
+                else:
+                    log.warning(
+                        "alert %s delivery to %r failed (attempt %d), retrying at %s: %s",
+                        alert.id,
+                        row.sink,
+                        row.attempts + 1,
+                        retry.isoformat(),
+                        error,
+                    )
+                continue
+            self.repository.delivered(row, now)
+            delivered += 1
+        return delivered

@@ -1,0 +1,359 @@
+"""BudgetAlertService: thresholds once per window, forecast, anomaly, lifecycle, delivery and sinks."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import threading
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from atlas_budget_plugin import BudgetServices
+from atlas_budget_plugin.exceptions import NotFoundError, PermissionDenied, SettingsError, ValidationError
+from atlas_budget_plugin.hookspecs import hookimpl
+from atlas_budget_plugin.types import Actor, Alert, BudgetEvent
+from hookspecs import LLMCall
+
+from ..conftest import FakeClock
+from ..httpserver import http_server
+
+n = 0
+
+
+def spend(services: BudgetServices, cost: str, actor: str = "alice") -> None:
+    global n
+    n += 1
+    services.tracking.record_usage(LLMCall(call_id=f"a{n}", provider="openai", model="m", actor=actor), Decimal(cost))
+
+
+class Sink:
+    def __init__(self, fail: int = 0) -> None:
+        self.alerts: list[Alert] = []
+        self.fail = fail
+
+    @hookimpl
+    def budget_deliver_alert(self, alert: Alert) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionError("sink down")
+        self.alerts.append(alert)
+
+
+@pytest.fixture
+def sink(services: BudgetServices) -> Sink:
+    sink = Sink()
+    services.extensions.pm.register(sink, name="test")
+    return sink
+
+
+@pytest.fixture
+def events(services: BudgetServices) -> list[BudgetEvent]:
+    seen: list[BudgetEvent] = []
+    services.bus.subscribe("budget.*", seen.append)
+    return seen
+
+
+@pytest.fixture
+def policy(services: BudgetServices, admin: Actor) -> Any:
+    return services.policies.create_policy(
+        admin, {"name": "alice-day", "scope": {"actor": "alice"}, "period": "day", "limit": "10"}
+    )
+
+
+def configure(services: BudgetServices, admin: Actor, **kw: Any) -> Any:
+    return services.alerts.configure_alert(admin, {"policy": "alice-day", "sinks": ["test"], **kw})
+
+
+def test_thresholds_fire_once_per_window_and_rearm(
+    services: BudgetServices, admin: Actor, policy: Any, sink: Sink, clock: FakeClock, events: list[BudgetEvent]
+) -> None:
+    for pct in (50, 80, 100):
+        configure(services, admin, threshold=pct, severity="critical" if pct == 100 else "warning")
+    spend(services, "4.9")
+    assert services.alerts.evaluate_alerts() == []
+    spend(services, "0.2")
+    assert [a.threshold for a in services.alerts.evaluate_alerts()] == [50]
+    spend(services, "3.5")
+    assert [a.threshold for a in services.alerts.evaluate_alerts()] == [80]
+    assert services.alerts.evaluate_alerts() == []
+    spend(services, "2")
+    fired = services.alerts.evaluate_alerts()
+    assert [a.threshold for a in fired] == [100] and "used 10.60 of 10.00 USD (106.0%)" in fired[0].message
+    assert [a.threshold for a in sink.alerts] == [50, 80, 100]
+    topics = [e.topic for e in events if e.topic.startswith(("budget.alert", "budget.approaching", "budget.limit"))]
+    assert topics.count("budget.alert_triggered") == 3
+    assert topics.count("budget.approaching_limit") == 2 and topics.count("budget.limit_exceeded") == 1
+    # A new day re-arms every threshold; the old alerts are resolved.
+    clock.advance(days=1)
+    assert services.alerts.evaluate_alerts() == []
+    assert services.alerts.get_active_alerts(admin) == []
+    spend(services, "6")
+    assert [a.threshold for a in services.alerts.evaluate_alerts()] == [50]
+
+
+def test_concurrent_evaluators_fire_once(services: BudgetServices, admin: Actor, policy: Any, sink: Sink) -> None:
+    configure(services, admin, threshold=50)
+    spend(services, "7")
+    results: list[list[Alert]] = []
+    barrier = threading.Barrier(4)
+
+    def evaluate() -> None:
+        barrier.wait()
+        results.append(services.alerts.evaluate_alerts())
+
+    threads = [threading.Thread(target=evaluate) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(len(r) for r in results) == 1
+    assert len(sink.alerts) == 1
+
+
+def test_forecast_alert(services: BudgetServices, admin: Actor, policy: Any, sink: Sink, clock: FakeClock) -> None:
+    clock.now = datetime(2026, 3, 10, 0, 30, tzinfo=timezone.utc)
+    configure(services, admin, threshold=100, kind="forecast")
+    spend(services, "1")  # after 2% of the day: too early to extrapolate
+    assert services.alerts.evaluate_alerts() == []
+    clock.now = datetime(2026, 3, 10, 6, tzinfo=timezone.utc)  # a quarter of the day: 1 -> 4 projected
+    assert services.alerts.evaluate_alerts() == []
+    spend(services, "1.6")  # 2.6 after a quarter: 10.4 projected
+    (alert,) = services.alerts.evaluate_alerts()
+    assert alert.kind == "forecast" and "on course to spend 10.40 of 10.00" in alert.message
+
+
+def test_anomaly_alert(services: BudgetServices, admin: Actor, policy: Any, sink: Sink, clock: FakeClock) -> None:
+    configure(
+        services,
+        admin,
+        threshold=300,
+        kind="anomaly",
+        anomaly_window="hour",
+        anomaly_baseline=4,
+        anomaly_minimum="0.50",
+    )
+    start = clock.now
+    for hour in range(4):  # a steady 0.20 an hour
+        clock.now = start + timedelta(hours=hour, minutes=10)
+        spend(services, "0.20")
+    clock.now = start + timedelta(hours=4, minutes=20)
+    spend(services, "0.40")
+    assert services.alerts.evaluate_alerts() == []  # 2x usual, below 3x and below the minimum
+    spend(services, "0.30")
+    (alert,) = services.alerts.evaluate_alerts()
+    assert alert.kind == "anomaly" and "3.5x its average of 0.2000" in alert.message
+    assert services.alerts.evaluate_alerts() == []  # once per hour window
+
+
+def test_cooldown_and_snooze(services: BudgetServices, admin: Actor, policy: Any, sink: Sink, clock: FakeClock) -> None:
+    config = configure(services, admin, threshold=10, cooldown=30 * 3600)
+    spend(services, "2")
+    assert len(services.alerts.evaluate_alerts()) == 1
+    clock.advance(days=1)
+    spend(services, "2")
+    assert services.alerts.evaluate_alerts() == []  # new window, but still cooling down
+    clock.advance(hours=7)
+    assert len(services.alerts.evaluate_alerts()) == 1
+    snoozed = services.alerts.snooze_alert(admin, config.id, clock.now + timedelta(days=2))
+    assert snoozed.snoozed_until is not None
+    clock.advance(days=1)
+    spend(services, "5")
+    assert services.alerts.evaluate_alerts() == []
+    clock.advance(days=1, hours=1)
+    spend(services, "5")
+    assert len(services.alerts.evaluate_alerts()) == 1
+    with pytest.raises(ValidationError, match="timezone-aware"):
+        services.alerts.snooze_alert(admin, config.id, datetime(2030, 1, 1))
+
+
+def test_acknowledge_and_history(
+    services: BudgetServices, admin: Actor, policy: Any, sink: Sink, events: list[BudgetEvent]
+) -> None:
+    configure(services, admin, threshold=10)
+    spend(services, "5")
+    (alert,) = services.alerts.evaluate_alerts()
+    assert [a.id for a in services.alerts.get_active_alerts(admin)] == [alert.id]
+    acked = services.alerts.acknowledge_alert(admin, alert.id)
+    assert acked.acknowledged_by == "root" and not acked.active
+    assert services.alerts.get_active_alerts(admin) == []
+    assert events[-1].topic == "budget.alert_acknowledged"
+    assert services.alerts.get_alert_history(admin)[0].acknowledged_by == "root"
+    with pytest.raises(NotFoundError):
+        services.alerts.acknowledge_alert(admin, 999)
+
+
+def test_configuration_validation_permissions_and_isolation(
+    services: BudgetServices, admin: Actor, policy: Any, sink: Sink
+) -> None:
+    with pytest.raises(NotFoundError, match="no policy named 'nope'"):
+        services.alerts.configure_alert(admin, {"policy": "nope", "threshold": 50})
+    with pytest.raises(ValidationError, match="unknown alert sink 'pager'; installed sinks: .*log"):
+        configure(services, admin, threshold=50, sinks=["pager"])
+    with pytest.raises(ValidationError, match="threshold"):
+        configure(services, admin, threshold=0)
+    config = configure(services, admin, threshold=50)
+    updated = services.alerts.configure_alert(admin, {**config.model_dump(), "severity": "critical"})
+    assert updated.id == config.id and updated.severity == "critical"
+    other = Actor(id="eve", tenant="acme", roles=frozenset({"budget:admin"}))
+    reader = Actor(id="r", roles=frozenset({"budget:read"}))
+    assert services.alerts.list_alerts(other) == [] and len(services.alerts.list_alerts(reader)) == 1
+    assert services.alerts.list_alerts(admin, {"actor": "bob"}) == []
+    for attempt in (
+        lambda: services.alerts.remove_alert(other, config.id),
+        lambda: services.alerts.snooze_alert(other, config.id, datetime(2030, 1, 1, tzinfo=timezone.utc)),
+        lambda: services.alerts.configure_alert(other, {**config.model_dump(), "tenant": "acme"}),
+        lambda: services.alerts.configure_alert(other, {"policy": "alice-day", "threshold": 5, "tenant": "default"}),
+    ):
+        with pytest.raises(NotFoundError):
+            attempt()
+    with pytest.raises(PermissionDenied):
+        services.alerts.remove_alert(reader, config.id)
+    services.alerts.remove_alert(admin, config.id)
+    assert services.alerts.list_alerts(admin) == []
+
+
+def test_failing_sink_is_retried_with_backoff_and_never_blocks_others(
+    services: BudgetServices, admin: Actor, policy: Any, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    flaky, good = Sink(fail=2), Sink()
+    services.extensions.pm.register(flaky, name="flaky")
+    services.extensions.pm.register(good, name="good")
+    services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 10, "sinks": ["flaky", "good"]})
+    spend(services, "5")
+    services.alerts.evaluate_alerts()
+    assert len(good.alerts) == 1 and flaky.alerts == []
+    pending = services.alerts.deliveries(admin, "pending")
+    assert [(d.sink, d.attempts, d.last_error) for d in pending] == [("flaky", 1, "ConnectionError: sink down")]
+    assert services.alerts.deliver_pending() == 0  # not due before its backoff
+    clock.advance(seconds=31)
+    assert services.alerts.deliver_pending() == 0  # second failure, next try in 60 s
+    clock.advance(seconds=61)
+    assert services.alerts.deliver_pending() == 1
+    assert len(flaky.alerts) == 1
+    assert {d.sink: d.status for d in services.alerts.deliveries(admin)} == {"flaky": "delivered", "good": "delivered"}
+
+
+def test_delivery_gives_up_visibly(
+    make_services: Any, admin: Actor, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    services = make_services(delivery_attempts=2, delivery_backoff=1)
+    services.policies.create_policy(
+        admin, {"name": "alice-day", "scope": {"actor": "alice"}, "period": "day", "limit": "10"}
+    )
+    dead = Sink(fail=99)
+    services.extensions.pm.register(dead, name="dead")
+    services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 10, "sinks": ["dead"]})
+    spend(services, "5")
+    services.alerts.evaluate_alerts()
+    clock.advance(seconds=2)
+    with caplog.at_level(logging.ERROR, logger="atlas_budget_plugin.alerts"):
+        services.alerts.deliver_pending()
+    (failed,) = services.alerts.deliveries(admin, "failed")
+    assert failed.attempts == 2 and "could not be delivered to sink 'dead' after 2 attempts" in caplog.text
+
+
+def test_declared_alerts_apply_idempotently(make_services: Any, admin: Actor) -> None:
+    declared = {
+        "policies": [{"name": "p", "period": "day", "limit": "5"}],
+        "alerts": [{"policy": "p", "threshold": 80, "sinks": ["log"]}],
+    }
+    first = make_services(**declared)
+    again = make_services(**declared)
+    assert [c.id for c in again.alerts.list_alerts(admin)] == [c.id for c in first.alerts.list_alerts(admin)]
+    changed = make_services(**{**declared, "alerts": [{"policy": "p", "threshold": 80, "severity": "critical"}]})
+    (config,) = changed.alerts.list_alerts(admin)
+    assert config.severity == "critical"
+    with pytest.raises(SettingsError, match="no policy named 'ghost'"):
+        make_services(alerts=[{"policy": "ghost", "threshold": 50}])
+
+
+# -- built-in sinks against a real loopback server ------------------------------------------
+
+
+def test_webhook_sink_posts_signed_json(make_services: Any, admin: Actor) -> None:
+    with http_server() as server:
+        services = make_services(sinks={"webhook": {"url": server.url, "secret": "s3cret", "timeout": 2}})
+        services.policies.create_policy(
+            admin, {"name": "alice-day", "scope": {"actor": "alice"}, "period": "day", "limit": "10"}
+        )
+        services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 10, "sinks": ["webhook"]})
+        spend(services, "5")
+        services.alerts.evaluate_alerts()
+    (request,) = server.requests
+    body = json.loads(request["body"])
+    assert body["type"] == "budget.alert" and body["spent"] == "5.00" and body["limit"] == "10.00"
+    expected = "sha256=" + hmac.new(b"s3cret", request["body"], hashlib.sha256).hexdigest()
+    assert request["headers"]["X-Atlas-Budget-Signature"] == expected
+
+
+def test_webhook_fails_twice_then_succeeds(
+    make_services: Any, admin: Actor, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    with http_server([500, 503]) as server:
+        services = make_services(
+            sinks={"webhook": {"url": server.url.replace("/budget", "/x?token=s3cret")}}, delivery_backoff=1
+        )
+        services.policies.create_policy(
+            admin, {"name": "alice-day", "scope": {"actor": "alice"}, "period": "day", "limit": "10"}
+        )
+        services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 10, "sinks": ["webhook"]})
+        spend(services, "5")
+        with caplog.at_level(logging.WARNING):
+            services.alerts.evaluate_alerts()
+            clock.advance(seconds=2)
+            services.alerts.deliver_pending()
+            clock.advance(seconds=3)
+            services.alerts.deliver_pending()
+    assert len(server.requests) == 3
+    (delivery,) = services.alerts.deliveries(admin)
+    assert (delivery.status, delivery.attempts) == ("delivered", 3)
+    assert "HTTP 500" in caplog.text and "s3cret" not in caplog.text
+
+
+def test_webhook_that_never_answers_times_out_off_the_call_path(make_services: Any, admin: Actor) -> None:
+    with http_server(delay=3) as server:
+        services = make_services(sinks={"webhook": {"url": server.url, "timeout": 0.3}})
+        services.policies.create_policy(
+            admin, {"name": "alice-day", "scope": {"actor": "alice"}, "period": "day", "limit": "10"}
+        )
+        services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 10, "sinks": ["webhook"]})
+        spend(services, "5")  # the call path records; it never delivers
+        assert server.requests == []
+        services.alerts.evaluate_alerts()
+    (delivery,) = services.alerts.deliveries(admin)
+    assert delivery.status == "pending" and "timed out" in (delivery.last_error or "")
+
+
+@pytest.mark.parametrize(
+    ("section", "text"),
+    [
+        ({"url": "ftp://x"}, "must start with http"),
+        ({"timeout": -1}, "positive number"),
+        ({"colour": 1}, "unknown key"),
+    ],
+)
+def test_webhook_settings_are_checked(make_services: Any, section: dict[str, Any], text: str) -> None:
+    with pytest.raises(SettingsError, match=f"plugin 'webhook' refused its settings: .*{text}"):
+        make_services(sinks={"webhook": section})
+
+
+def test_apprise_sink_notifies_by_url(make_services: Any, admin: Actor) -> None:
+    with http_server() as server:
+        url = server.url.replace("http://", "json://")
+        services = make_services(sinks={"apprise": {"urls": [url]}})
+        services.policies.create_policy(
+            admin, {"name": "alice-day", "scope": {"actor": "alice"}, "period": "day", "limit": "10"}
+        )
+        services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 10, "sinks": ["apprise"]})
+        spend(services, "5")
+        services.alerts.evaluate_alerts()
+    (request,) = server.requests
+    body = json.loads(request["body"])
+    assert body["title"] == "[warning] budget alice-day" and "5.00 of 10.00" in body["message"]
+    with pytest.raises(SettingsError, match="Apprise URLs"):
+        make_services(sinks={"apprise": {"urls": ["not a url"]}})
