@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 import platformdirs
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hookspecs import CallBlocked, LLMCall, LLMUsage, guarded_call, load_plugins
@@ -114,6 +115,11 @@ def demo_settings(database_url: str) -> dict[str, Any]:
             {"name": "bob-daily", "scope": {"actor": "bob"}, "period": "day", "limit": "0.02", "enforcement": "warn"},
             {"name": "team-monthly", "period": "month", "limit": "5.00", "enforcement": "block"},
         ],
+        "alerts": [
+            {"policy": "alice-daily", "threshold": 80, "severity": "warning", "sinks": ["log"]},
+            {"policy": "bob-daily", "threshold": 100, "severity": "critical", "sinks": ["log"]},
+        ],
+        "evaluation_interval": 0,
     }
 
 
@@ -180,6 +186,9 @@ def _run_demo(pm: Any, services: BudgetServices, rng: random.Random, max_calls: 
                 continue
             for warning in guard.warnings:
                 console.print(f"[yellow]call {n:3d} warning[/] {actor:5s} {model}: {warning}")
+    pm.hook.on_period_tick(now=services.policies.clock())  # what the host's scheduler does every minute
+    for alert in services.alerts.get_active_alerts(Actor.system()):
+        console.print(f"[magenta]alert[/] {escape(f'[{alert.severity}]')} {escape(alert.message)}")
     _report(services)
 
 
