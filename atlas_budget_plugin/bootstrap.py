@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,7 +13,7 @@ import pluggy
 
 from .alert_service import BudgetAlertService
 from .bus import MessageBus
-from .exceptions import BudgetError, SettingsError
+from .exceptions import BudgetError, SettingsError, StoreUnavailable
 from .extensions import Extensions, get_plugin_manager
 from .permissions import BudgetPermissionChecker
 from .policy_service import BudgetPolicyService
@@ -19,9 +21,13 @@ from .pricing import Pricer
 from .settings import BudgetSettings
 from .store import Ledger, initialize, open_database
 from .store.alerts import AlertRepository
+from .store.database import STORE_ERRORS, reset_connection
 from .store.repository import PolicyRepository
+from .store.spool import Spool
 from .tracking_service import BudgetTrackingService
 from .types import utcnow
+
+log = logging.getLogger("atlas_budget_plugin")
 
 
 @dataclass
@@ -37,12 +43,49 @@ class BudgetServices:
     policies: BudgetPolicyService
     tracking: BudgetTrackingService
     alerts: BudgetAlertService
+    ready: bool = True
+    _last_attempt: float = 0.0
+
+    def ensure_ready(self, retry_after: float = 5.0) -> bool:
+        """Finish start-up if the store was unreachable at start (at most every ``retry_after`` s)."""
+        if self.ready or time.monotonic() - self._last_attempt < retry_after:
+            return self.ready
+        self._last_attempt = time.monotonic()
+        try:
+            initialize(self.db)
+            self._apply_declared()
+        except STORE_ERRORS as exc:
+            reset_connection(self.db)
+            log.warning("budget store still unreachable: %s", exc)
+            return False
+        self.ready = True
+        log.info("budget store reachable again")
+        return True
+
+    def _apply_declared(self) -> None:
+        try:
+            self.policies.apply_declared(self.settings.policies)
+            self.alerts.apply_declared(self.settings.alerts)
+        except STORE_ERRORS:
+            raise
+        except BudgetError as exc:
+            raise SettingsError(
+                f"the policies and alerts declared in {self.settings.config_file} cannot be applied: {exc}"
+            ) from exc
 
     def tick(self, now: datetime) -> dict[str, int]:
-        """Every periodic duty, in order: expire holds, evaluate and deliver alerts, prune old rows."""
-        done = {"expired": self.policies.expire_reservations(now)}
-        done["alerts"] = len(self.alerts.evaluate_alerts(now))
-        done["pruned"] = self.tracking.prune(self.settings.retention_days, now)
+        """Every periodic duty, in order: replay the outage spool, expire holds, alerts, prune old rows."""
+        if not self.ensure_ready(retry_after=0):
+            return {"spooled": self.tracking.spool.pending() if self.tracking.spool else 0}
+        try:
+            done = {"replayed": self.tracking.replay_spool()}
+            done["expired"] = self.policies.expire_reservations(now)
+            done["alerts"] = len(self.alerts.evaluate_alerts(now))
+            done["pruned"] = self.tracking.prune(self.settings.retention_days, now)
+        except STORE_ERRORS as exc:
+            reset_connection(self.db)
+            log.warning("budget tick stopped, store unreachable: %s", exc)
+            return {"failed": 1}
         return done
 
     def close(self) -> None:
@@ -55,15 +98,26 @@ def bootstrap(
     *,
     plugin_manager: pluggy.PluginManager | None = None,
     clock: Callable[[], datetime] = utcnow,
+    require_store: bool = True,
 ) -> BudgetServices:
     """Build the services from settings (default: :meth:`BudgetSettings.load`).
 
     Opens the database (creating or migrating its schema), loads the
-    ``atlas_budget`` plugins and applies the policies declared in settings.
+    ``atlas_budget`` plugins, applies the policies and alerts declared in
+    settings and replays the outage spool. With ``require_store=False`` an
+    unreachable database does not stop start-up: the services come up
+    not ``ready`` and finish starting when it returns (the plugin does this).
     """
     settings = settings or BudgetSettings.load()
     db = open_database(settings.database_url)
-    initialize(db)
+    ready = True
+    try:
+        initialize(db)
+    except StoreUnavailable as exc:
+        if require_store:
+            raise
+        ready = False
+        log.error("budget store unreachable at start (%s); calls follow on_store_error until it returns", exc)
     extensions = Extensions(plugin_manager or get_plugin_manager())
     bus = MessageBus(extensions)
     pricer = Pricer(settings, extensions)
@@ -72,7 +126,14 @@ def bootstrap(
     repository = PolicyRepository(db)
     policies = BudgetPolicyService(repository, ledger, pricer, bus, settings, permissions, clock)
     tracking = BudgetTrackingService(
-        ledger, pricer, bus, policies.targets_for, lambda tenant: repository.all(tenant), permissions, clock
+        ledger,
+        pricer,
+        bus,
+        policies.targets_for,
+        lambda tenant: repository.all(tenant, max_age=1.0),
+        permissions,
+        clock,
+        spool=Spool(settings.spool_file),
     )
     alerts = BudgetAlertService(
         AlertRepository(db),
@@ -86,12 +147,8 @@ def bootstrap(
         delivery_backoff=settings.delivery_backoff,
     )
     extensions.configure(settings)
-    services = BudgetServices(settings, db, bus, extensions, pricer, ledger, policies, tracking, alerts)
-    try:
-        policies.apply_declared(settings.policies)
-        alerts.apply_declared(settings.alerts)
-    except BudgetError as exc:
-        raise SettingsError(
-            f"the policies and alerts declared in {settings.config_file} cannot be applied: {exc}"
-        ) from exc
+    services = BudgetServices(settings, db, bus, extensions, pricer, ledger, policies, tracking, alerts, ready)
+    if ready:
+        services._apply_declared()
+        tracking.replay_spool()
     return services

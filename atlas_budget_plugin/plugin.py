@@ -7,19 +7,17 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 
-import peewee as pw
-
 from hookspecs import LLMCall, LLMUsage, Verdict, hookimpl
 
 from .bootstrap import BudgetServices, bootstrap
 from .exceptions import StoreUnavailable
 from .scheduler import BackgroundEvaluator
+from .store.database import STORE_ERRORS, reset_connection
 from .types import BudgetDecision
 
 log = logging.getLogger("atlas_budget_plugin")
 
 SOURCE = "atlas-budget"
-STORE_ERRORS = (pw.OperationalError, pw.InterfaceError, StoreUnavailable)
 
 
 def to_verdict(decision: BudgetDecision) -> Verdict:
@@ -49,7 +47,9 @@ class BudgetPlugin:
 
     def __init__(self, services: BudgetServices | Callable[[], BudgetServices] | None = None) -> None:
         self._factory: Callable[[], BudgetServices] = (
-            (lambda: services) if isinstance(services, BudgetServices) else (services or bootstrap)
+            (lambda: services)
+            if isinstance(services, BudgetServices)
+            else (services or (lambda: bootstrap(require_store=False)))
         )
         self._services: BudgetServices | None = services if isinstance(services, BudgetServices) else None
         self._lock = threading.Lock()
@@ -79,9 +79,13 @@ class BudgetPlugin:
 
     @hookimpl
     def pre_llm_call(self, call: LLMCall) -> Verdict | None:
+        services = self.services
+        if not services.ensure_ready():
+            return self._store_down(call, StoreUnavailable("not reachable since start"))
         try:
-            decision = self.services.policies.check_budget(call)
+            decision = services.policies.check_budget(call)
         except STORE_ERRORS as exc:
+            reset_connection(services.db)
             return self._store_down(call, exc)
         return to_verdict(decision)
 

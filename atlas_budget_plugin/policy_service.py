@@ -233,13 +233,15 @@ class BudgetPolicyService:
         self._targets[key] = (valid_from, valid_until, target)
         return target
 
-    def matching(self, call: LLMCall) -> list[Policy]:
+    def matching(self, call: LLMCall, max_age: float = 0.0) -> list[Policy]:
         """Enabled policies of the call's tenant whose scope matches the call."""
-        return [p for p in self.repository.all(call.tenant, enabled_only=True) if p.scope.matches(call)]
+        policies = self.repository.all(call.tenant, enabled_only=True, max_age=max_age)
+        return [p for p in policies if p.scope.matches(call)]
 
     def targets_for(self, call: LLMCall, now: datetime | None = None) -> list[Target]:
+        """Targets for recording a finished call: a policy cache up to a second old is good enough."""
         now = now or self.clock()
-        return [self.target(p, now) for p in self.matching(call)]
+        return [self.target(p, now) for p in self.matching(call, max_age=1.0)]
 
     def _standing(self, policy: Policy, standing: Standing, requested: int) -> PolicyStanding:
         return PolicyStanding(

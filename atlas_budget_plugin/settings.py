@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tomllib
 from contextvars import ContextVar
@@ -95,6 +96,7 @@ class BudgetSettings(BaseSettings):
     default_input_tokens: int = Field(default=1024, ge=0)
     unknown_model: str = "block"
     retention_days: int = Field(default=0, ge=0)
+    spool_path: Path | None = None
     delivery_attempts: int = Field(default=5, ge=1, le=50)
     delivery_backoff: float = Field(default=30.0, gt=0)
     tenant: str = "default"
@@ -130,6 +132,14 @@ class BudgetSettings(BaseSettings):
                 raise ValueError(f"policy name {spec.name!r} is declared twice in tenant {spec.tenant!r}")
             seen.add(key)
         return value
+
+    @property
+    def spool_file(self) -> Path:
+        """Where usage waits while the database is unreachable (one file per database)."""
+        if self.spool_path is not None:
+            return self.spool_path.expanduser()
+        digest = hashlib.sha256(self.database_url.encode()).hexdigest()[:12]
+        return Path(platformdirs.user_data_dir("atlas")) / f"budget-spool-{digest}.jsonl"
 
     @property
     def unknown_model_price(self) -> Decimal | None:

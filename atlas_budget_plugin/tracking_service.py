@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,9 +20,11 @@ from .periods import Period, parse_period, previous_window, window
 from .permissions import BudgetPermissionChecker
 from .pricing import Pricer
 from .store import Ledger, Standing, Target, aware, naive
+from .store.database import STORE_ERRORS, reset_connection
 from .store.ledger import USAGE_COLUMNS
 from .store.models import UsageRow
 from .store.reports import Filter, Totals, UsageReports
+from .store.spool import Spool
 from .types import (
     TAG_DIMENSIONS,
     Actor,
@@ -36,6 +40,8 @@ from .types import (
     UsageSummary,
     utcnow,
 )
+
+log = logging.getLogger("atlas_budget_plugin")
 
 Clock = Callable[[], datetime]
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
@@ -87,7 +93,9 @@ class BudgetTrackingService:
         policies: Callable[[str], Sequence[Policy]],
         permissions: BudgetPermissionChecker | None = None,
         clock: Clock = utcnow,
+        spool: Spool | None = None,
     ) -> None:
+        self.spool = spool
         self.ledger = ledger
         self.reports = UsageReports(ledger.db)
         self.pricer = pricer
@@ -108,7 +116,11 @@ class BudgetTrackingService:
         """
         usage = self.pricer.resolve_usage(call, usage)
         if error is not None and usage.is_empty:
-            self.ledger.release(call.call_id)
+            try:
+                self.ledger.release(call.call_id)
+            except STORE_ERRORS as exc:
+                reset_connection(self.ledger.db)
+                log.warning("budget store unreachable (%s); the hold of call %s expires on its own", exc, call.call_id)
             return None
         price = self.pricer.price(call, usage)
         metadata: dict[str, Any] = {name: getattr(usage, name) for name in TOKEN_FIELDS}
@@ -117,9 +129,55 @@ class BudgetTrackingService:
             metadata["units"] = dict(usage.units)
         if error is not None:
             metadata["error"] = f"{type(error).__name__}: {error}"[:2000]
-        return self.record_usage(call, price.cost, metadata)
+        now = self.clock()
+        try:
+            return self.record_usage(call, price.cost, metadata, recorded_at=now)
+        except STORE_ERRORS as exc:
+            if self.spool is None:
+                raise
+            reset_connection(self.ledger.db)
+            self.spool.append(
+                {
+                    "call": {k: (str(v) if isinstance(v, Decimal) else v) for k, v in asdict(call).items()},
+                    "cost": str(price.cost),
+                    "metadata": {**metadata, "units": {k: str(v) for k, v in usage.units.items()}},
+                    "recorded_at": now.isoformat(),
+                }
+            )
+            log.warning(
+                "budget store unreachable (%s): usage of call %s spooled to %s", exc, call.call_id, self.spool.path
+            )
+            return None
 
-    def record_usage(self, operation: LLMCall, cost: Decimal, metadata: dict[str, Any] | None = None) -> UsageRecord:
+    def replay_spool(self) -> int:
+        """Record what was spooled while the store was down (idempotent); returns how many were recorded."""
+        if self.spool is None or not self.spool.path.exists():
+            return 0
+        done = self.spool.replay(self._replay_one, stop_on=STORE_ERRORS)
+        if done:
+            log.info("replayed %d spooled usage record(s) into the store", done)
+        return done
+
+    def _replay_one(self, data: dict[str, Any]) -> None:
+        try:
+            self.record_usage(
+                LLMCall(**data["call"]),
+                Decimal(data["cost"]),
+                {**data["metadata"], "units": {k: Decimal(v) for k, v in data["metadata"].get("units", {}).items()}},
+                recorded_at=datetime.fromisoformat(data["recorded_at"]),
+            )
+        except STORE_ERRORS:
+            reset_connection(self.ledger.db)
+            raise
+
+    def record_usage(
+        self,
+        operation: LLMCall,
+        cost: Decimal,
+        metadata: dict[str, Any] | None = None,
+        *,
+        recorded_at: datetime | None = None,
+    ) -> UsageRecord:
         """Record ``cost`` for a call durably before returning; idempotent on ``call_id``.
 
         ``metadata`` may give token counts (``input_tokens``, ``output_tokens``,
@@ -143,7 +201,7 @@ class BudgetTrackingService:
             value = metadata.get(name, 0)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValidationError(f"{name} must be a whole number >= 0, got {value!r}")
-        now = self.clock()
+        now = recorded_at or self.clock()
         row = {
             "tenant": call.tenant,
             "actor": call.actor,

@@ -92,6 +92,19 @@ def _schema_lock(db: pw.Database) -> Iterator[None]:
         yield
 
 
+#: What a lost or unreachable database raises (the plugin then follows on_store_error and spools).
+STORE_ERRORS: tuple[type[Exception], ...] = (pw.OperationalError, pw.InterfaceError, StoreUnavailable)
+
+
+def reset_connection(db: pw.Database) -> None:
+    """Drop a connection that failed, so the next statement connects afresh."""
+    try:
+        if not db.is_closed():
+            db.close()
+    except Exception:  # a broken connection may fail to close; it is gone either way
+        pass
+
+
 #: Server errors after which the whole transaction can simply run again.
 _RETRYABLE_PG = {"40001", "40P01"}  # serialization failure, deadlock detected
 _RETRYABLE_MYSQL = {1205, 1213}  # lock wait timeout, deadlock found

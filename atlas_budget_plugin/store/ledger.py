@@ -144,14 +144,37 @@ class Ledger:
         return max(0, min(target.rollover_cap_units, unused))
 
     def _lock_counters(self, targets: Sequence[Target]) -> dict[int, tuple[int, int, int, int]]:
-        """policy_id -> (counter id, spent, reserved, carry), rows locked in id order."""
+        """policy_id -> (counter id, spent, reserved, carry), rows locked in ascending id order.
+
+        Every writer locks counters by primary key in ascending order, which is what
+        keeps concurrent transactions from deadlocking. A locking read through the
+        (policy_id, window_start) index would lock in that index's order instead
+        (InnoDB locks as it scans), so servers first find the ids, then lock by id.
+        """
         pairs = ", ".join("(?, ?)" for _ in targets)
         params = [v for t in targets for v in (t.policy_id, self._dt(t.key))]
-        rows = self._sql(
-            f"SELECT id, policy_id, spent_units, reserved_units, carry_units FROM {_COUNTER} "
-            f"WHERE (policy_id, window_start) IN ({pairs}) ORDER BY id{self._lock}",
-            params,
-        ).fetchall()
+        columns = "id, policy_id, spent_units, reserved_units, carry_units"
+        if self.sqlite:  # BEGIN IMMEDIATE already holds the only write lock
+            rows = self._sql(
+                f"SELECT {columns} FROM {_COUNTER} WHERE (policy_id, window_start) IN ({pairs})", params
+            ).fetchall()
+        elif self.kind == "postgres":  # PostgreSQL locks rows after sorting them: one round trip
+            rows = self._sql(
+                f"SELECT {columns} FROM {_COUNTER} WHERE (policy_id, window_start) IN ({pairs}) ORDER BY id FOR UPDATE",
+                params,
+            ).fetchall()
+        else:
+            ids = sorted(
+                int(r[0])
+                for r in self._sql(
+                    f"SELECT id FROM {_COUNTER} WHERE (policy_id, window_start) IN ({pairs})", params
+                ).fetchall()
+            )
+            if not ids:
+                return {}
+            rows = self._sql(
+                f"SELECT {columns} FROM {_COUNTER} WHERE id IN ({self._marks(len(ids))}) ORDER BY id FOR UPDATE", ids
+            ).fetchall()
         return {int(r[1]): (int(r[0]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
 
     def _ensure_counters(self, targets: Sequence[Target]) -> dict[int, tuple[int, int, int, int]]:
@@ -216,6 +239,11 @@ class Ledger:
         """
 
         def work() -> tuple[list[Standing], bool]:
+            if self.kind == "postgres":
+                # A hold is only meaningful while the server runs, so its commit need not wait
+                # for the disk; the counter locks are then released sooner. Usage (settle) stays
+                # fully durable. After a server crash, in-flight calls still settle (fallback).
+                self._sql("SET LOCAL synchronous_commit TO OFF")
             counters = self._ensure_counters(targets)
             standings = self._standings(targets, counters)
             if self._sql(f"SELECT 1 FROM {_HOLD} WHERE call_id = ?", (call_id,)).fetchone():

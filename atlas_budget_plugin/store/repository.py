@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -72,6 +73,7 @@ class PolicyRepository:
     def __init__(self, db: pw.Database) -> None:
         self.db = db
         self._cache: dict[tuple[str, bool], tuple[int, list[Policy]]] = {}
+        self._checked: dict[tuple[str, bool], float] = {}
         self._generation_sql = "SELECT value FROM budget_meta WHERE name = " + ("?" if is_sqlite(db) else "%s")
 
     def generation(self) -> int:
@@ -80,6 +82,7 @@ class PolicyRepository:
 
     def _bump(self) -> None:
         Meta.update(value=Meta.value + 1).where(Meta.name == "policy_generation").execute()
+        self._cache.clear()  # this process sees its own changes at once
 
     def get(self, tenant: str, policy_id: int) -> Policy | None:
         row = PolicyRow.get_or_none((PolicyRow.tenant == tenant) & (PolicyRow.id == policy_id))
@@ -89,10 +92,17 @@ class PolicyRepository:
         row = PolicyRow.get_or_none((PolicyRow.tenant == tenant) & (PolicyRow.name == name))
         return to_policy(row) if row else None
 
-    def all(self, tenant: str, enabled_only: bool = False) -> list[Policy]:
-        """The tenant's policies, highest priority first (from the cache while no policy changed)."""
-        generation = self.generation()
+    def all(self, tenant: str, enabled_only: bool = False, max_age: float = 0.0) -> list[Policy]:
+        """The tenant's policies, highest priority first (from the cache while no policy changed).
+
+        ``max_age`` > 0 trusts a cache younger than that many seconds without asking
+        the store (for bookkeeping after a call; enforcement always asks).
+        """
         cached = self._cache.get((tenant, enabled_only))
+        if cached and max_age > 0 and time.monotonic() - self._checked.get((tenant, enabled_only), 0) < max_age:
+            return list(cached[1])
+        generation = self.generation()
+        self._checked[(tenant, enabled_only)] = time.monotonic()
         if cached and cached[0] == generation:
             return list(cached[1])
         query = PolicyRow.select().where(PolicyRow.tenant == tenant)
