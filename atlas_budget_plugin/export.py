@@ -14,13 +14,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from .exceptions import ValidationError
-from .types import PeriodComparison, Projection, SpendRow, TrendPoint, UsageRecord, UsageSummary
+from .types import UsageSummary
 
 FORMATS = ("json", "csv", "markdown", "html")
 
-Report = (
-    UsageSummary | PeriodComparison | Projection | Sequence[SpendRow] | Sequence[TrendPoint] | Sequence[UsageRecord]
-)
+#: A report is one result (a summary, comparison, projection, policy...) or a list of rows.
+Report = BaseModel | Sequence[BaseModel]
 
 
 def _cell(value: Any) -> str:

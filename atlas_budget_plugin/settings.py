@@ -22,7 +22,7 @@ from pydantic_settings import (
 
 from .exceptions import SettingsError
 from .money import Money, parse_money
-from .types import AlertConfig, Policy
+from .types import Actor, AlertConfig, Policy
 
 ENV_PREFIX = "ATLAS_BUDGET_"
 CONFIG_ENV = "ATLAS_BUDGET_CONFIG"
@@ -101,6 +101,7 @@ class BudgetSettings(BaseSettings):
     delivery_backoff: float = Field(default=30.0, gt=0)
     tenant: str = "default"
     actor: str = "system"
+    roles: dict[str, Literal["budget:read", "budget:write", "budget:admin"]] = Field(default_factory=dict)
     policies: list[PolicySpec] = Field(default_factory=list)
     alerts: list[AlertConfig] = Field(default_factory=list)
     sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -132,6 +133,15 @@ class BudgetSettings(BaseSettings):
                 raise ValueError(f"policy name {spec.name!r} is declared twice in tenant {spec.tenant!r}")
             seen.add(key)
         return value
+
+    def actor_for(self, actor: str | None = None, tenant: str | None = None) -> Actor:
+        """The actor the command line acts as: ``system`` is the tenant's admin; others get ``[roles]``."""
+        name = actor or self.actor
+        where = tenant or self.tenant
+        if name == Actor.SYSTEM_ID:
+            return Actor.system(where)
+        role = self.roles.get(name)
+        return Actor(id=name, tenant=where, roles=frozenset({role}) if role else frozenset())
 
     @property
     def spool_file(self) -> Path:

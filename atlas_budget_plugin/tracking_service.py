@@ -435,10 +435,21 @@ class BudgetTrackingService:
             projected_percent=tidy(projected * 100 / summary.limit) if summary.limit else None,
         )
 
-    def list_usage(self, actor: Actor, limit: int = 100, filters: dict[str, Any] | None = None) -> list[UsageRecord]:
-        """The most recent records of the actor's tenant, optionally filtered by column values."""
+    def list_usage(
+        self,
+        actor: Actor,
+        limit: int = 100,
+        filters: dict[str, Any] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[UsageRecord]:
+        """The most recent records of the actor's tenant, filtered by column values and ``[since, until)``."""
         self.permissions.require(actor, "budget:read")
         query = UsageRow.select().where(UsageRow.tenant == actor.tenant)
+        if since is not None:
+            query = query.where(UsageRow.recorded_at >= naive(since))
+        if until is not None:
+            query = query.where(UsageRow.recorded_at < naive(until))
         for key, value in (filters or {}).items():
             if key not in DIMENSIONS:
                 raise ValidationError(f"unknown usage filter {key!r}; allowed: {', '.join(DIMENSIONS)}")

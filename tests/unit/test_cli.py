@@ -66,6 +66,6 @@ def test_report_summary_json(tmp_path: Path) -> None:
     data = json.loads(result.output)
     assert data["calls"] == 5 and Decimal(data["total_cost"]) > 0
     table = CliRunner().invoke(main, ["--config", str(config), "report", "summary", "--period", "day"])
-    assert "5 calls" in table.output
+    assert "│ calls" in table.output and "│ 5 " in table.output
     bad = CliRunner().invoke(main, ["--config", str(config), "report", "summary", "--period", "eon"])
     assert bad.exit_code == 2 and "unknown period 'eon'" in bad.output
