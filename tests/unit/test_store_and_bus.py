@@ -154,3 +154,31 @@ def test_deliver_to_named_sink_only(caplog: pytest.LogCaptureFixture) -> None:
 def test_extension_plugins_list_unregistered_names(monkeypatch: Any) -> None:
     pm = get_plugin_manager(load=False)
     assert Extensions(pm).plugins() == []
+
+
+class Configured:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.seen: list[Any] = []
+
+    @hookimpl
+    def budget_configure(self, settings: Any) -> None:
+        if self.fail:
+            raise ValueError("needs a colour")
+        self.seen.append(settings.sinks.get("configured"))
+
+
+def test_budget_configure_hands_plugins_their_section(tmp_path: Path) -> None:
+    from atlas_budget_plugin.settings import BudgetSettings
+
+    settings = BudgetSettings.load(tmp_path / "none.toml", sinks={"configured": {"colour": "red"}})
+    pm = get_plugin_manager(load=False)
+    plugin = Configured()
+    pm.register(plugin, name="configured")
+    Extensions(pm).configure(settings)
+    assert plugin.seen == [{"colour": "red"}]
+    pm.register(Configured(fail=True), name="picky")
+    with pytest.raises(
+        SettingsError, match=r"plugin 'picky' refused its settings: needs a colour\. Fix its \[sinks.picky\]"
+    ):
+        Extensions(pm).configure(settings)
