@@ -27,7 +27,7 @@ from hookspecs import CallBlocked, LLMCall, LLMUsage, guarded_call, load_plugins
 from . import __version__
 from .bootstrap import BudgetServices, bootstrap
 from .exceptions import BudgetError
-from .export import FORMATS, render, rows_of
+from .export import FORMATS, render, rows_of, trend_svg
 from .extensions import Extensions, get_plugin_manager
 from .settings import CONFIG_ENV, ENV_PREFIX, BudgetSettings, default_config_file
 from .store import schema_version
@@ -689,15 +689,25 @@ def report_by(
 @tz_option
 @format_option
 @output_option
+@click.option("--chart", type=click.Path(dir_okay=False), help="Also draw the trend to FILE.svg (or FILE.png).")
 @pass_session
 def report_trend(
-    session: Session, granularity: str, periods: int, scope: tuple[str, ...], tz: str, fmt: str, output: str | None
+    session: Session,
+    granularity: str,
+    periods: int,
+    scope: tuple[str, ...],
+    tz: str,
+    fmt: str,
+    output: str | None,
+    chart: str | None,
 ) -> None:
     """Spend per hour, day, week or month, oldest first."""
     with clear_errors():
         points = session.services.tracking.get_spend_trend(
             parse_pairs(scope, "--scope"), periods, granularity=granularity, actor=session.actor, timezone=tz
         )
+        if chart:
+            draw_chart(points, Path(chart), f"spend per {granularity}")
 
         def table() -> Table:
             t = Table(granularity, "calls", "cost", title=f"spend per {granularity}")
@@ -708,6 +718,32 @@ def report_trend(
             return t
 
         emit(points, fmt, output, f"spend per {granularity}", table)
+
+
+def draw_chart(points: list[Any], path: Path, title: str) -> None:
+    """Write the trend as SVG (built in) or PNG (with the optional ``chart`` extra, matplotlib)."""
+    if path.suffix.lower() == ".svg":
+        path.write_text(trend_svg(points, title), encoding="utf-8")
+    elif path.suffix.lower() == ".png":
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            from matplotlib import pyplot
+        except ImportError:
+            raise click.UsageError(
+                "PNG charts need matplotlib: pip install 'atlas-budget-plugin[chart]' (or use a .svg file)"
+            ) from None
+        figure, axes = pyplot.subplots(figsize=(8, 4))  # pragma: no cover - needs the optional extra
+        axes.bar([p.start.strftime("%m-%d %H:%M") for p in points], [float(p.total_cost) for p in points])
+        axes.set_title(title)
+        axes.tick_params(axis="x", labelrotation=45)
+        figure.tight_layout()
+        figure.savefig(path)
+        pyplot.close(figure)
+    else:
+        raise click.BadParameter("the chart file must end in .svg or .png", param_hint="--chart")
+    console.print(f"wrote {path}")
 
 
 @report.command("compare")

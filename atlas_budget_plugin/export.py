@@ -102,3 +102,33 @@ def render(report: Report, fmt: str, title: str = "") -> str:
         f"{html.escape(title or 'budget report')}</title></head><body>\n"
         f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n</body></html>\n"
     )
+
+
+def trend_svg(points: Sequence[Any], title: str) -> str:
+    """A self-contained SVG bar chart of a spend trend (no plotting library needed)."""
+    width, height, pad = 640, 320, 48
+    peak = max((p.total_cost for p in points), default=Decimal(0)) or Decimal(1)
+    slot = (width - 2 * pad) / max(len(points), 1)
+    bars = []
+    for i, point in enumerate(points):
+        h = float(point.total_cost / peak) * (height - 2 * pad)
+        x = pad + i * slot + slot * 0.1
+        y = height - pad - h
+        label = html.escape(f"{point.start:%Y-%m-%d %H:%M}: {_cell(point.total_cost)} ({point.calls} calls)")
+        bars.append(
+            f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.8:.1f}" height="{h:.1f}" fill="#3b82f6">'
+            f"<title>{label}</title></rect>"
+        )
+        if len(points) <= 16 or i % max(1, len(points) // 8) == 0:
+            bars.append(
+                f'<text x="{x + slot * 0.4:.1f}" y="{height - pad + 16}" font-size="10" text-anchor="middle">'
+                f"{point.start:%m-%d}</text>"
+            )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'font-family="sans-serif">\n<text x="{pad}" y="24" font-size="14">{html.escape(title)}</text>\n'
+        f'<text x="{pad}" y="{pad - 6}" font-size="10">max {_cell(peak)}</text>\n'
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#444"/>\n'
+        + "\n".join(bars)
+        + "\n</svg>\n"
+    )

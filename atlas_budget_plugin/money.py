@@ -12,6 +12,8 @@ from pydantic import BeforeValidator
 SCALE = 9
 QUANTUM = Decimal(1).scaleb(-SCALE)
 UNITS_PER_CURRENCY = 10**SCALE
+#: Largest amount accepted as one value; sums of many still fit a signed 64-bit column.
+MAX_AMOUNT = 10**9
 
 
 def quantize(amount: Decimal) -> Decimal:
@@ -57,6 +59,8 @@ def parse_money(value: Any, field: str = "amount") -> Decimal:
         raise ValueError(f'{field} must be a decimal string such as "20.00", got {value!r}')
     if not result.is_finite():
         raise ValueError(f"{field} must be a finite amount, got {value!r}")
+    if abs(result) >= MAX_AMOUNT:
+        raise ValueError(f"{field} {value!r} is too large; amounts must stay below {MAX_AMOUNT:,}")
     if result != quantize(result):
         raise ValueError(
             f"{field} has more than {SCALE} decimal places ({value!r}); the store keeps money to "

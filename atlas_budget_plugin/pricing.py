@@ -14,7 +14,7 @@ from genai_prices import data_snapshot
 from hookspecs import LLMCall, LLMUsage
 
 from .exceptions import UnknownPriceError, ValidationError
-from .money import quantize
+from .money import MAX_AMOUNT, quantize
 from .settings import BudgetSettings, PriceOverride
 
 MILLION = Decimal(1_000_000)
@@ -138,6 +138,10 @@ class Pricer:
         price = self._price(call, usage)
         if price.cost < 0:
             raise ValueError(f"{price.source} priced call {call.call_id} at {price.cost}; a cost cannot be negative")
+        if price.cost >= MAX_AMOUNT:
+            raise ValueError(
+                f"{price.source} priced call {call.call_id} at {price.cost}, which is not a plausible cost"
+            )
         return Price(quantize(price.cost), price.source)
 
     def _price(self, call: LLMCall, usage: LLMUsage) -> Price:
@@ -242,6 +246,8 @@ class Pricer:
     def estimate(self, call: LLMCall) -> Price:
         """Pre-flight cost: the host's ``estimated_cost``, else the price of the estimated usage."""
         if call.estimated_cost is not None:
+            if call.estimated_cost >= MAX_AMOUNT:
+                raise ValueError(f"estimated_cost {call.estimated_cost} of call {call.call_id} is not plausible")
             return Price(quantize(call.estimated_cost), "host estimate")
         price = self.price(call, self.estimate_usage(call))
         return Price(price.cost, f"estimate from {price.source}")

@@ -181,6 +181,11 @@ def test_usage_and_reports(config: Path, tmp_path: Path) -> None:
     trend = json.loads(cli(config, "report", "trend", "--periods", "3", "--format", "json").output)
     assert len(trend) == 3 and trend[-1]["total_cost"] == "2.00"
     assert "█" in cli(config, "report", "trend", "--periods", "2").output
+    svg = tmp_path / "trend.svg"
+    assert cli(config, "report", "trend", "--periods", "4", "--chart", str(svg)).exit_code == 0
+    assert svg.read_text().startswith("<svg") and svg.read_text().count("<rect") == 4 and "2.00" in svg.read_text()
+    wrong = CliRunner().invoke(main, ["--config", str(config), "report", "trend", "--chart", str(tmp_path / "x.gif")])
+    assert wrong.exit_code == 2 and "must end in .svg or .png" in wrong.output
     compare = json.loads(cli(config, "report", "compare", "--period", "day", "--format", "json").output)
     assert compare["current.total_cost"] == "2.00"
     assert "projected_cost" in cli(config, "report", "projection", "--period", "day").output

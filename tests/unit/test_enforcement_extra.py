@@ -122,3 +122,50 @@ def test_tenant_b_cannot_touch_tenant_a(services: BudgetServices, admin: Actor) 
     assert services.policies.check_budget(call("b1", tenant="b", estimated_cost=Decimal("50"))).allowed
     # Tenant a still sees its own.
     assert services.tracking.get_usage_summary(None, "day", actor=admin).total_cost == Decimal("1.25")
+
+
+@given(st.decimals(min_value=-(10**9) + 1, max_value=Decimal(0), allow_nan=False, places=4))
+def test_non_positive_limits_are_refused(limit: Decimal) -> None:
+    from atlas_budget_plugin.types import Policy
+
+    with pytest.raises(ValueError, match="limit must be greater than 0"):
+        Policy(name="p", limit=limit)
+
+
+@given(st.decimals(min_value=10**9, allow_nan=False, allow_infinity=False))
+def test_absurd_amounts_are_refused_clearly(amount: Decimal) -> None:
+    from atlas_budget_plugin.types import Policy
+
+    with pytest.raises(ValueError, match="is too large"):
+        Policy(name="p", limit=amount)
+    with pytest.raises(ValueError, match="is too large"):
+        Policy(name="p", limit=-amount)
+
+
+@given(
+    st.text(min_size=1, max_size=12).filter(
+        lambda t: t.strip().lower() not in ("hour", "day", "week", "month", "quarter", "year", "total", "lifetime")
+    )
+)
+def test_unknown_periods_name_what_is_allowed(text: str) -> None:
+    from atlas_budget_plugin.periods import parse_period
+
+    try:
+        period = parse_period(text)
+    except ValueError as exc:
+        assert "allowed" in str(exc) or "at least 1h" in str(exc)
+    else:  # only rolling windows written as <N>h / <N>d (optionally rolling:) get through
+        assert period.kind == "rolling" and period.hours > 0
+
+
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=8).filter(lambda k: k not in SCOPE_KEYS and not k.startswith("tag.")),
+        st.just("x"),
+        min_size=1,
+        max_size=2,
+    )
+)
+def test_unknown_scope_keys_are_refused(keys: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="unknown scope key"):
+        Scope(**keys)

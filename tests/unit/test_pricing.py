@@ -110,3 +110,11 @@ def test_estimates(tmp_path: Path) -> None:
     est = pricer.estimate(call(input_tokens=7, max_output_tokens=3))
     assert est.cost == Pricer(settings(tmp_path)).price(call(), LLMUsage(input_tokens=7, output_tokens=3)).cost
     assert est.source.startswith("estimate from genai-prices")
+
+
+def test_implausible_amounts_are_refused_clearly(tmp_path: Path) -> None:
+    pricer = Pricer(settings(tmp_path))
+    with pytest.raises(ValueError, match="not a plausible cost"):
+        pricer.price(call(), LLMUsage(cost=Decimal("1e30")))
+    with pytest.raises(ValueError, match="not plausible"):
+        pricer.estimate(call(estimated_cost=Decimal("1e15")))
