@@ -633,12 +633,15 @@ period_option = click.option("--period", default="month", show_default=True)
 tz_option = click.option("--timezone", "tz", default="UTC", show_default=True)
 
 
+def report_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--period, --scope, --timezone, --format and --output, shared by the period reports."""
+    for option in (output_option, format_option, tz_option, scope_option, period_option):
+        command = option(command)
+    return command
+
+
 @report.command("summary")
-@period_option
-@scope_option
-@tz_option
-@format_option
-@output_option
+@report_options
 @pass_session
 def report_summary(
     session: Session, period: str, scope: tuple[str, ...], tz: str, fmt: str, output: str | None
@@ -658,11 +661,7 @@ def report_summary(
 
 @report.command("by")
 @click.argument("dimension", type=click.Choice(DIMENSIONS))
-@period_option
-@scope_option
-@tz_option
-@format_option
-@output_option
+@report_options
 @pass_session
 def report_by(
     session: Session, dimension: str, period: str, scope: tuple[str, ...], tz: str, fmt: str, output: str | None
@@ -747,11 +746,7 @@ def draw_chart(points: list[Any], path: Path, title: str) -> None:
 
 
 @report.command("compare")
-@period_option
-@scope_option
-@tz_option
-@format_option
-@output_option
+@report_options
 @pass_session
 def report_compare(
     session: Session, period: str, scope: tuple[str, ...], tz: str, fmt: str, output: str | None
@@ -765,11 +760,7 @@ def report_compare(
 
 
 @report.command("projection")
-@period_option
-@scope_option
-@tz_option
-@format_option
-@output_option
+@report_options
 @pass_session
 def report_projection(
     session: Session, period: str, scope: tuple[str, ...], tz: str, fmt: str, output: str | None
