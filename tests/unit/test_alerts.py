@@ -357,3 +357,38 @@ def test_apprise_sink_notifies_by_url(make_services: Any, admin: Actor) -> None:
     assert body["title"] == "[warning] budget alice-day" and "5.00 of 10.00" in body["message"]
     with pytest.raises(SettingsError, match="Apprise URLs"):
         make_services(sinks={"apprise": {"urls": ["not a url"]}})
+
+
+def test_apprise_sink_failures_are_raised_for_retry(tmp_path: Any) -> None:
+    from atlas_budget_plugin.settings import BudgetSettings
+    from atlas_budget_plugin.sinks import apprise_sink
+
+    alert = Alert(
+        id=1,
+        config_id=1,
+        tenant="t",
+        policy="p",
+        kind="actual",
+        severity="critical",
+        threshold=80,
+        window_start=datetime.now(timezone.utc),
+        spent=Decimal(8),
+        limit=Decimal(10),
+        message="80%",
+        triggered_at=datetime.now(timezone.utc),
+    )
+    apprise_sink.budget_configure(BudgetSettings.load(tmp_path / "none.toml"))
+    with pytest.raises(RuntimeError, match="has no urls"):
+        apprise_sink.budget_deliver_alert(alert)
+    apprise_sink.budget_configure(
+        BudgetSettings.load(tmp_path / "none.toml", sinks={"apprise": {"urls": "json://127.0.0.1:9/x"}})
+    )
+    with pytest.raises(RuntimeError, match="could not notify 1 url"):
+        apprise_sink.budget_deliver_alert(alert)
+    with pytest.raises(ValueError, match="unknown key"):
+        apprise_sink.budget_configure(BudgetSettings.load(tmp_path / "none.toml", sinks={"apprise": {"url": "x"}}))
+    apprise_sink.budget_configure(
+        BudgetSettings.load(tmp_path / "none.toml", sinks={"apprise": {"urls": ["nope://x"]}})
+    )
+    with pytest.raises(RuntimeError, match="does not understand"):
+        apprise_sink.budget_deliver_alert(alert)
