@@ -29,6 +29,7 @@ from .bootstrap import BudgetServices, bootstrap
 from .exceptions import BudgetError
 from .export import FORMATS, render, rows_of, trend_svg
 from .extensions import Extensions, get_plugin_manager
+from .money import from_units
 from .settings import CONFIG_ENV, ENV_PREFIX, BudgetSettings, default_config_file
 from .store import schema_version
 from .tracking_service import DIMENSIONS
@@ -374,9 +375,9 @@ def policy_show(session: Session, policy_id: int, fmt: str) -> None:
         (standing,) = session.services.ledger.standings([target])
         if fmt == "table":
             console.print(
-                f"this {found.period}: spent {money(Decimal(standing.spent_units).scaleb(-9))}, "
-                f"reserved {money(Decimal(standing.reserved_units).scaleb(-9))} of "
-                f"{money(Decimal(standing.limit_units).scaleb(-9))} {found.currency}"
+                f"this {found.period}: spent {money(from_units(standing.spent_units))}, "
+                f"reserved {money(from_units(standing.reserved_units))} of "
+                f"{money(from_units(standing.limit_units))} {found.currency}"
             )
 
 
@@ -896,7 +897,7 @@ def _report(services: BudgetServices) -> None:
         for row in services.tracking.get_spend_by(dimension, None, "day", actor=admin):
             table.add_row(row.key or "-", str(row.calls), money(row.total_cost))
         console.print(table)
-    console.print(f"outstanding reservations: {money(Decimal(services.ledger.outstanding_units()).scaleb(-9))} USD")
+    console.print(f"outstanding reservations: {money(from_units(services.ledger.outstanding_units()))} USD")
 
 
 if __name__ == "__main__":  # pragma: no cover
