@@ -244,7 +244,8 @@ class BudgetPolicyService:
         return [self.target(p, now) for p in self.matching(call, max_age=1.0)]
 
     def _standing(self, policy: Policy, standing: Standing, requested: int) -> PolicyStanding:
-        return PolicyStanding(
+        # Built from values the store already checked, on every call: skip re-validation.
+        return PolicyStanding.model_construct(
             policy_id=policy.id or 0,
             policy_name=policy.name,
             enforcement=self.enforcement(policy),

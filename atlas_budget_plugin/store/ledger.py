@@ -11,6 +11,7 @@ tables are the peewee models in ``models.py``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,6 +26,12 @@ from .database import is_sqlite, run_in_transaction
 def naive(moment: datetime) -> datetime:
     """Aware datetime -> naive UTC, the form stored in every DateTimeField."""
     return moment.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sqlite_text(moment: datetime) -> str:
+    """A moment as SQLite stores it (the same few window starts recur on every call, hence the cache)."""
+    return str(naive(moment))
 
 
 def aware(moment: datetime | str) -> datetime:
@@ -122,8 +129,7 @@ class Ledger:
         return self.db.execute_sql(sql, tuple(params))
 
     def _dt(self, moment: datetime) -> Any:
-        value = naive(moment)
-        return str(value) if self.sqlite else value
+        return _sqlite_text(moment) if self.sqlite else naive(moment)
 
     @staticmethod
     def _marks(count: int) -> str:
