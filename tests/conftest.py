@@ -16,6 +16,8 @@ from atlas_budget_plugin import BudgetServices, BudgetSettings, bootstrap
 from atlas_budget_plugin.plugin import BudgetPlugin
 from atlas_budget_plugin.types import Actor
 
+from .backends import server_url
+
 
 class FakeClock:
     """A clock tests move by hand."""
@@ -51,7 +53,11 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'budget.db'}"
+    """SQLite by default; BUDGET_TEST_BACKEND=postgres|mysql runs the same tests on that server (emptied)."""
+    backend = os.environ.get("BUDGET_TEST_BACKEND", "sqlite")
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'budget.db'}"
+    return server_url(backend)
 
 
 @pytest.fixture
