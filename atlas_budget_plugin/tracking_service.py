@@ -238,6 +238,8 @@ class BudgetTrackingService:
                 key = (standing.target.policy_id, standing.target.window_start, pct)
                 if key in self._announced:
                     continue  # this process already knows it was announced
+                if len(self._announced) > 10_000:  # old windows' keys; the store still dedupes
+                    self._announced.clear()
                 self._announced.add(key)
                 if self.ledger.mark_threshold(policy.id or 0, standing.target.window_start, pct):
                     self.bus.publish(
