@@ -245,11 +245,6 @@ class Ledger:
         """
 
         def work() -> tuple[list[Standing], bool]:
-            if self.kind == "postgres":
-                # A hold is only meaningful while the server runs, so its commit need not wait
-                # for the disk; the counter locks are then released sooner. Usage (settle) stays
-                # fully durable. After a server crash, in-flight calls still settle (fallback).
-                self._sql("SET LOCAL synchronous_commit TO OFF")
             counters = self._ensure_counters(targets)
             standings = self._standings(targets, counters)
             if self._sql(f"SELECT 1 FROM {_HOLD} WHERE call_id = ?", (call_id,)).fetchone():
