@@ -72,8 +72,9 @@ def test_four_processes_never_overspend(tmp_path: Path, backend: str) -> None:
 LIMITS = {"alice": Decimal("3.00"), "red": Decimal("2.00"), "gpt-4o": Decimal("2.50")}
 
 
+@pytest.mark.parametrize("run", [1, 2])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_eight_processes_three_overlapping_scopes(tmp_path: Path, backend: str) -> None:
+def test_eight_processes_three_overlapping_scopes(tmp_path: Path, backend: str, run: int) -> None:
     url = store_url(backend, tmp_path)
     config = tmp_path / "budget.toml"
     config.write_text(
@@ -81,7 +82,7 @@ def test_eight_processes_three_overlapping_scopes(tmp_path: Path, backend: str) 
         '[[policies]]\nname = "red"\nscope = { team = "red" }\nperiod = "day"\nlimit = "2.00"\n'
         '[[policies]]\nname = "gpt-4o"\nscope = { model = "gpt-4o" }\nperiod = "month"\nlimit = "2.50"\n'
     )
-    results = run_workers(url, config, processes=8, calls=500, exact=True, actors=["alice", "bob"])
+    results = run_workers(url, config, processes=8, calls=500, exact=True, actors=["alice", "bob"], seed=run)
     rows, outstanding, totals = recorded(config, url)
     allowed = {r["call_id"]: Decimal(r["cost"]) for r in results if "cost" in r}
     denied_by = {r["denied_by"] for r in results if "denied_by" in r}

@@ -25,13 +25,13 @@ def host_calls(job: dict[str, Any]) -> list[dict[str, Any]]:
     pm = pluggy.PluginManager(host_specs.PROJECT)
     pm.add_hookspecs(host_specs)
     pm.register(BudgetPlugin(services), name="budget")
-    rng = random.Random(job["worker"])
+    rng = random.Random(f"{job.get('seed', 0)}-{job['worker']}")
     results = []
     for i in range(job["calls"]):
         estimate = Decimal(rng.randint(1_000, 50_000)).scaleb(-6)  # 0.001 .. 0.05
         actual = estimate if job.get("exact") else (estimate * rng.randint(50, 100) / 100).quantize(Decimal("1e-9"))
         call = LLMCall(
-            call_id=f"w{job['worker']}-{i}",
+            call_id=f"s{job.get('seed', 0)}w{job['worker']}-{i}",
             provider="openai",
             model=rng.choice(["gpt-4o", "gpt-4o-mini"]),
             actor=rng.choice(job.get("actors", ["alice"])),
