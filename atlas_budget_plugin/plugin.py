@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 
 from hookspecs import LLMCall, LLMUsage, Verdict, hookimpl
 
 from .bootstrap import BudgetServices, bootstrap
-from .exceptions import StoreUnavailable
+from .exceptions import SettingsError, StoreUnavailable
 from .scheduler import BackgroundEvaluator
 from .store.database import STORE_ERRORS, reset_connection
 from .types import BudgetDecision
@@ -55,6 +56,8 @@ class BudgetPlugin:
         self._lock = threading.Lock()
         self._host_ticks = False
         self.background: BackgroundEvaluator | None = None
+        self._config_error: SettingsError | None = None
+        self._config_checked = 0.0
 
     @property
     def services(self) -> BudgetServices:
@@ -65,6 +68,29 @@ class BudgetPlugin:
                     self._start_background(self._services)
         return self._services
 
+    def _available(self) -> BudgetServices | SettingsError:
+        """The services, or the settings error that keeps them from starting.
+
+        A broken settings file must not turn every LLM call of the host into an
+        exception: calls are denied with the error as the reason (failing closed,
+        like on_store_error = deny), and the file is read again at most every 5 s,
+        so fixing it takes effect without restarting the host.
+        """
+        if self._services is not None:
+            return self._services
+        if self._config_error is not None and time.monotonic() - self._config_checked < 5:
+            return self._config_error
+        self._config_checked = time.monotonic()
+        try:
+            services = self.services
+        except SettingsError as exc:
+            if self._config_error is None or str(exc) != str(self._config_error):
+                log.error("atlas-budget cannot start, denying calls until fixed: %s", exc)
+            self._config_error = exc
+            return exc
+        self._config_error = None
+        return services
+
     def _start_background(self, services: BudgetServices) -> None:
         # Until the host proves it has a scheduler (its first on_period_tick), run our own.
         interval = services.settings.evaluation_interval
@@ -73,13 +99,18 @@ class BudgetPlugin:
             self.background.start()
 
     def _tick(self, now: datetime) -> None:
-        done = self.services.tick(now)
+        services = self._available()
+        if isinstance(services, SettingsError):
+            return
+        done = services.tick(now)
         if any(done.values()):
             log.info("budget tick: %s", ", ".join(f"{k} {v}" for k, v in done.items()))
 
     @hookimpl
     def pre_llm_call(self, call: LLMCall) -> Verdict | None:
-        services = self.services
+        services = self._available()
+        if isinstance(services, SettingsError):
+            return Verdict(False, f"the budget plugin is misconfigured: {services}", (), SOURCE)
         if not services.ensure_ready():
             return self._store_down(call, StoreUnavailable("not reachable since start"))
         try:
@@ -99,7 +130,10 @@ class BudgetPlugin:
 
     @hookimpl
     def post_llm_call(self, call: LLMCall, usage: LLMUsage, error: BaseException | None) -> None:
-        self.services.tracking.record_call(call, usage, error)
+        services = self._available()
+        if isinstance(services, SettingsError):
+            return  # pre_llm_call denied this call: there is nothing to record
+        services.tracking.record_call(call, usage, error)
 
     @hookimpl
     def on_period_tick(self, now: datetime) -> None:

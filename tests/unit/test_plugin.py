@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -120,3 +120,27 @@ def test_tick_prunes_old_rows_when_retention_is_set(make_services: Any, clock: F
     assert services.tracking.list_usage(admin) == []
     total = services.tracking.get_usage_summary(None, "total", actor=admin, now=clock.now + timedelta(days=31))
     assert total.total_cost == Decimal("1.5")
+
+
+def test_broken_settings_deny_calls_clearly_until_fixed(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "budget.toml"
+    config.write_text("limit = [\n")
+    monkeypatch.setenv("ATLAS_BUDGET_CONFIG", str(config))
+    monkeypatch.setenv("ATLAS_BUDGET_DATABASE_URL", f"sqlite:///{tmp_path}/b.db")
+    plugin = BudgetPlugin()
+    pm = pluggy.PluginManager("atlas")
+    pm.add_hookspecs(host_specs)
+    pm.register(plugin, name="budget")
+    with pytest.raises(CallBlocked) as blocked, guarded_call(pm, call(1)):
+        pass
+    assert blocked.value.verdict.reason.startswith(f"the budget plugin is misconfigured: settings file {config}")
+    plugin.on_period_tick(datetime.now(timezone.utc))  # nothing to do, and no exception
+    assert caplog.text.count("cannot start, denying calls") == 1
+    config.write_text("evaluation_interval = 0\n")
+    plugin._config_checked -= 10  # as if 10 s had passed
+    with guarded_call(pm, call(2)) as guard:
+        guard.usage = LLMUsage(input_tokens=10, output_tokens=1)
+    assert plugin.services.tracking.list_usage(Actor.system())[0].call_id == "p2"
+    plugin.close()
