@@ -93,45 +93,15 @@ def _to_utc(local_wall: datetime, tz: ZoneInfo) -> datetime:
     return local_wall.replace(tzinfo=tz, fold=0).astimezone(timezone.utc)
 
 
-#: (period, tz) -> (valid from, valid until, window, previous window). Every call needs the
-#: windows of every matching policy; they change at most once an hour, so they are reused
-#: for as long as ``now`` stays in the span where the answer is the same.
-_Span = tuple[datetime, datetime]
-_WINDOWS: dict[tuple[Period, str], tuple[datetime, datetime, _Span, _Span | None]] = {}
-
-
-def _cached(period: Period, tz_name: str, now: datetime) -> tuple[_Span, _Span | None]:
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    hit = _WINDOWS.get((period, tz_name))
-    if hit is not None and hit[0] <= now < hit[1]:
-        return hit[2], hit[3]
-    current = _window(period, tz_name, now)
-    previous = _previous(period, tz_name, current)
-    valid_from = current[1] - timedelta(hours=1) if period.is_rolling else current[0]
-    if len(_WINDOWS) > 4096:
-        _WINDOWS.clear()
-    _WINDOWS[(period, tz_name)] = (valid_from, current[1], current, previous)
-    return current, previous
+def previous_window(period: Period, tz_name: str, now: datetime) -> tuple[datetime, datetime] | None:
+    """The window before the one containing ``now`` (``None`` for the lifetime and rolling windows)."""
+    if period.kind in ("total", "rolling"):
+        return None
+    start, _ = window(period, tz_name, now)
+    return window(period, tz_name, start - timedelta(microseconds=1))
 
 
 def window(period: Period, tz_name: str, now: datetime) -> tuple[datetime, datetime]:
-    """Return the UTC ``[start, end)`` of the window containing ``now`` (see ``_window``)."""
-    return _cached(period, tz_name, now)[0]
-
-
-def previous_window(period: Period, tz_name: str, now: datetime) -> tuple[datetime, datetime] | None:
-    """The window before the one containing ``now`` (``None`` for the lifetime and rolling windows)."""
-    return _cached(period, tz_name, now)[1]
-
-
-def _previous(period: Period, tz_name: str, current: tuple[datetime, datetime]) -> tuple[datetime, datetime] | None:
-    if period.kind in ("total", "rolling"):
-        return None
-    return _window(period, tz_name, current[0] - timedelta(microseconds=1))
-
-
-def _window(period: Period, tz_name: str, now: datetime) -> tuple[datetime, datetime]:
     """Return the UTC ``[start, end)`` of the window containing ``now``.
 
     Calendar periods follow the wall clock of ``tz_name`` (a day in Europe/Paris is
