@@ -67,11 +67,7 @@ class BudgetAlertService:
         try:
             config = AlertConfig.model_validate(data)
         except pydantic.ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {str(e['msg']).removeprefix('Value error, ')}"
-                for e in exc.errors()
-            )
-            raise ValidationError(f"invalid alert: {problems}") from None
+            raise ValidationError.from_pydantic(exc, "alert") from None
         if self.policies.repository.by_name(config.tenant, config.policy) is None:
             raise NotFoundError(f"no policy named {config.policy!r} in tenant {config.tenant!r} to alert on")
         installed = self.sinks.sink_names()
@@ -93,36 +89,38 @@ class BudgetAlertService:
         config = self._validated(data)
         if config.id is None:
             return self.repository.add_config(config, self.clock())
-        if self.repository.get_config(actor.tenant, config.id) is None:
-            raise NotFoundError(f"no alert with id {config.id} in tenant {actor.tenant!r}")
+        self._config(actor, config.id)
         return self.repository.replace_config(config)
+
+    def _config(self, actor: Actor, alert_id: int) -> AlertConfig:
+        """An alert config of the actor's tenant; another tenant's is not found."""
+        config = self.repository.get_config(actor.tenant, alert_id)
+        if config is None:
+            raise NotFoundError(f"no alert with id {alert_id} in tenant {actor.tenant!r}")
+        return config
 
     def remove_alert(self, actor: Actor, alert_id: int) -> None:
         """Remove an alert config (needs ``budget:write``)."""
         self.permissions.require(actor, "budget:write")
-        if self.repository.get_config(actor.tenant, alert_id) is None:
-            raise NotFoundError(f"no alert with id {alert_id} in tenant {actor.tenant!r}")
+        self._config(actor, alert_id)
         self.repository.remove_config(actor.tenant, alert_id)
 
     def list_alerts(self, actor: Actor, scope: Scope | dict[str, Any] | None = None) -> list[AlertConfig]:
         """Alert configs of the actor's tenant, limited to policies whose scope includes ``scope``."""
         self.permissions.require(actor, "budget:read")
-        wanted = Scope.model_validate(scope or {}).as_dict()
+        wanted = Scope.model_validate(scope or {})
         policies = {p.name: p for p in self.policies.repository.all(actor.tenant)}
         result = []
         for config in self.repository.configs(actor.tenant):
             policy = policies.get(config.policy)
-            have = policy.scope.as_dict() if policy else {}
-            if all(have.get(k) == v for k, v in wanted.items()):
+            if (policy.scope if policy else Scope()).has(wanted):
                 result.append(config)
         return result
 
     def snooze_alert(self, actor: Actor, alert_id: int, until: datetime) -> AlertConfig:
         """Keep an alert config quiet until ``until`` (needs ``budget:write``)."""
         self.permissions.require(actor, "budget:write")
-        config = self.repository.get_config(actor.tenant, alert_id)
-        if config is None:
-            raise NotFoundError(f"no alert with id {alert_id} in tenant {actor.tenant!r}")
+        config = self._config(actor, alert_id)
         if until.tzinfo is None:
             raise ValidationError("snooze time must be timezone-aware, e.g. 2026-12-01T09:00+00:00")
         return self.repository.replace_config(config.model_copy(update={"snoozed_until": until}))
@@ -226,12 +224,8 @@ class BudgetAlertService:
             return None
         log.info("alert %s fired: %s", alert.id, message)
         self.bus.publish(BudgetAlertEvent(topic="budget.alert_triggered", tenant=alert.tenant, alert=alert))
-        topic = (
-            "budget.limit_exceeded"
-            if config.kind != "anomaly" and config.threshold >= 100
-            else ("budget.approaching_limit" if config.kind != "anomaly" else None)
-        )
-        if topic:
+        if config.kind != "anomaly":  # an anomaly says nothing about the limit
+            topic = "budget.limit_exceeded" if config.threshold >= 100 else "budget.approaching_limit"
             self.bus.publish(
                 BudgetLimitEvent(
                     topic=topic,
@@ -289,7 +283,7 @@ class BudgetAlertService:
             f"{policy.currency}, {current / baseline:.1f}x its average of {baseline.quantize(Decimal('0.0001'))} "
             f"over the previous {config.anomaly_baseline} {config.anomaly_window}s"
         )
-        return start, end, current, from_units(to_units(baseline.quantize(Decimal("1e-9")))), message
+        return start, end, current, from_units(to_units(baseline)), message
 
     # -- delivery ---------------------------------------------------------------------------
 

@@ -32,8 +32,7 @@ from .extensions import Extensions, get_plugin_manager
 from .money import from_units
 from .settings import CONFIG_ENV, ENV_PREFIX, BudgetSettings, default_config_file
 from .store import schema_version
-from .tracking_service import DIMENSIONS
-from .types import Actor
+from .types import CALL_DIMENSIONS, Actor
 
 console = Console(highlight=False)
 OUTPUT_FORMATS = ("table", *FORMATS)
@@ -661,7 +660,7 @@ def report_summary(
 
 
 @report.command("by")
-@click.argument("dimension", type=click.Choice(DIMENSIONS))
+@click.argument("dimension", type=click.Choice(CALL_DIMENSIONS))
 @report_options
 @pass_session
 def report_by(

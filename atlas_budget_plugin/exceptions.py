@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pydantic
+
 
 class BudgetError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -13,6 +15,15 @@ class SettingsError(BudgetError):
 
 class ValidationError(BudgetError, ValueError):
     """A value passed to a service is invalid."""
+
+    @classmethod
+    def from_pydantic(cls, exc: pydantic.ValidationError, what: str) -> ValidationError:
+        """One message listing every invalid field of ``what`` (e.g. a policy) and why."""
+        parts = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or what
+            parts.append(f"{key}: {str(err['msg']).removeprefix('Value error, ')}")
+        return cls(f"invalid {what}: " + "; ".join(parts))
 
 
 class NotFoundError(BudgetError, LookupError):

@@ -87,14 +87,11 @@ class Extensions:
 
     def plugins(self) -> list[PluginInfo]:
         """Registered plugins with their distribution, version and hooks (for ``atlas-budget plugins``)."""
-        dists = {id(plugin): dist for plugin, dist in self.pm.list_plugin_distinfo()}
-        found = {}
-        for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
-            if ep.dist is not None:
-                found[ep.name] = ep.dist
+        # Plugins are registered under their entry-point name, which leads to their distribution.
+        dists = {ep.name: ep.dist for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT) if ep.dist}
         infos = []
         for name, plugin in sorted(self.pm.list_name_plugin()):
-            dist = dists.get(id(plugin)) or found.get(name)
+            dist = dists.get(name)
             hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(plugin) or []))
             infos.append(
                 PluginInfo(

@@ -17,7 +17,7 @@ from .exceptions import ConflictError, NotFoundError, UnknownPriceError, Validat
 from .money import from_units, to_units
 from .periods import bucket_hour, parse_period, previous_window, window
 from .permissions import BudgetPermissionChecker
-from .pricing import Pricer
+from .pricing import DEFAULT_PRICE, UNPRICED, Pricer
 from .settings import BudgetSettings, PolicySpec
 from .store import Ledger, Standing, Target
 from .store.repository import PolicyRepository
@@ -37,14 +37,6 @@ Clock = Callable[[], datetime]
 
 #: Tag a call carries to pass a ``soft_block`` policy: the policy's name, or ``*`` for all.
 OVERRIDE_TAG = "budget_override"
-
-
-def _invalid(exc: pydantic.ValidationError, what: str) -> ValidationError:
-    parts = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or what
-        parts.append(f"{key}: {str(err['msg']).removeprefix('Value error, ')}")
-    return ValidationError(f"invalid {what}: " + "; ".join(parts))
 
 
 class BudgetPolicyService:
@@ -75,7 +67,7 @@ class BudgetPolicyService:
         try:
             return Policy.model_validate(data)
         except pydantic.ValidationError as exc:
-            raise _invalid(exc, "policy") from None
+            raise ValidationError.from_pydantic(exc, "policy") from None
 
     def _check_conflict(self, policy: Policy) -> None:
         other = self.repository.conflicting(policy)
@@ -126,11 +118,10 @@ class BudgetPolicyService:
     ) -> list[Policy]:
         """Policies of the actor's tenant whose scope includes ``scope``'s keys, then ``filters``."""
         self.permissions.require(actor, "budget:read")
-        wanted = Scope.model_validate(scope or {}).as_dict()
+        wanted = Scope.model_validate(scope or {})
         result = []
         for policy in self.repository.all(actor.tenant):
-            have = policy.scope.as_dict()
-            if any(have.get(k) != v for k, v in wanted.items()):
+            if not policy.scope.has(wanted):
                 continue
             if filters and any(getattr(policy, k, None) != v for k, v in filters.items()):
                 continue
@@ -274,17 +265,19 @@ class BudgetPolicyService:
         """
         call = operation
         now = self.clock()
-        try:
-            estimate = self.pricer.estimate(call) if estimated_cost is None else None
-        except UnknownPriceError as exc:
-            return BudgetDecision(
-                allowed=False,
-                reason=f"{exc} (unknown_model = block)",
-                estimated_cost=Decimal(0),
-                price_source="unknown",
-            )
-        amount = estimated_cost if estimated_cost is not None else estimate.cost  # type: ignore[union-attr]
-        source = "caller estimate" if estimate is None else estimate.source
+        if estimated_cost is not None:
+            amount, source = estimated_cost, "caller estimate"
+        else:
+            try:
+                estimate = self.pricer.estimate(call)
+            except UnknownPriceError as exc:
+                return BudgetDecision(
+                    allowed=False,
+                    reason=f"{exc} (unknown_model = block)",
+                    estimated_cost=Decimal(0),
+                    price_source="unknown",
+                )
+            amount, source = estimate.cost, estimate.source
         if amount < 0:
             raise ValidationError(f"estimated_cost must not be negative, got {amount}")
         policies = self.matching(call)
@@ -310,12 +303,12 @@ class BudgetPolicyService:
         return self._decision(call, views, held, amount, source, by_id)
 
     def _price_warnings(self, call: LLMCall, source: str) -> tuple[str, ...]:
-        if source.endswith("unpriced"):
+        if source.endswith(UNPRICED):
             return (
                 f"no price is known for {call.provider}/{call.model}; its cost counts as 0 "
                 "(unknown_model = allow_unpriced)",
             )
-        if source.endswith("unknown_model default price"):
+        if source.endswith(DEFAULT_PRICE):
             return (
                 f"no price is known for {call.provider}/{call.model}; estimated at the default price "
                 f"{self.settings.unknown_model} per million tokens (unknown_model)",

@@ -16,6 +16,7 @@ from hookspecs import LLMCall, LLMUsage
 from .exceptions import UnknownPriceError, ValidationError
 from .money import MAX_AMOUNT, quantize
 from .settings import BudgetSettings, PriceOverride
+from .types import TOKEN_FIELDS
 
 MILLION = Decimal(1_000_000)
 
@@ -39,7 +40,6 @@ _NOT_CHAT = (
 
 #: Usage keys the genai-prices catalogue can price (beyond the four token counts).
 CATALOGUE_UNITS = frozenset(genai_prices.types._reported_usage_keys())
-_TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 
 
 def _flavor(provider: str, response: Any) -> str:
@@ -51,6 +51,11 @@ def _flavor(provider: str, response: Any) -> str:
     if response.get("object") == "list" and "data" in response:
         return "embeddings"
     return "chat"
+
+
+#: Sources of prices for models nobody priced (``unknown_model``); estimates prefix them.
+UNPRICED = "unpriced"
+DEFAULT_PRICE = "settings unknown_model default price"
 
 
 class PriceHook(Protocol):
@@ -160,9 +165,9 @@ class Pricer:
             return catalogued
         if self.default_price is not None and not usage.units:
             default = PriceOverride(input=self.default_price, output=self.default_price)
-            return Price(self._apply(default, usage), "settings unknown_model default price")
+            return Price(self._apply(default, usage), DEFAULT_PRICE)
         if self.unknown_model == "allow_unpriced":
-            return Price(Decimal(0), "unpriced")
+            return Price(Decimal(0), UNPRICED)
         what = f" with units {sorted(usage.units)}" if usage.units else ""
         raise UnknownPriceError(
             f"no price is known for model {call.model!r} of provider {call.provider!r}{what}. Add "
@@ -225,7 +230,7 @@ class Pricer:
             name: getattr(found, name)
             for name in CATALOGUE_UNITS
             # text-modality counts restate the totals; the catalogue derives them itself
-            if name not in _TOKEN_FIELDS and "_text_" not in name and getattr(found, name, None)
+            if name not in TOKEN_FIELDS and "_text_" not in name and getattr(found, name, None)
         }
         return LLMUsage(
             input_tokens=int(found.input_tokens or 0),

@@ -26,7 +26,9 @@ from .store.models import UsageRow
 from .store.reports import Filter, Totals, UsageReports
 from .store.spool import Spool
 from .types import (
+    CALL_DIMENSIONS,
     TAG_DIMENSIONS,
+    TOKEN_FIELDS,
     Actor,
     BudgetThresholdEvent,
     BudgetUsageEvent,
@@ -44,8 +46,6 @@ from .types import (
 log = logging.getLogger("atlas_budget_plugin")
 
 Clock = Callable[[], datetime]
-TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
-DIMENSIONS = ("provider", "model", "category", "actor", "operation")
 _TICK = timedelta(microseconds=1)
 
 
@@ -75,7 +75,7 @@ def to_record(row: UsageRow | dict[str, Any]) -> UsageRecord:
 
 def filter_for(scope: Scope) -> Filter:
     """The report filter equivalent to a scope (team, project, session, persona are call tags)."""
-    columns = {k: getattr(scope, k) for k in DIMENSIONS if getattr(scope, k) is not None}
+    columns = {k: getattr(scope, k) for k in CALL_DIMENSIONS if getattr(scope, k) is not None}
     tags = dict(scope.tags)
     tags.update({k: getattr(scope, k) for k in TAG_DIMENSIONS if getattr(scope, k) is not None})
     return Filter(columns, tags)
@@ -328,8 +328,8 @@ class BudgetTrackingService:
         timezone: str = "UTC",
     ) -> list[SpendRow]:
         """Spend grouped by one of provider, model, category, actor, operation; largest first."""
-        if dimension not in DIMENSIONS:
-            raise ValidationError(f"unknown report dimension {dimension!r}; allowed: {', '.join(DIMENSIONS)}")
+        if dimension not in CALL_DIMENSIONS:
+            raise ValidationError(f"unknown report dimension {dimension!r}; allowed: {', '.join(CALL_DIMENSIONS)}")
         _, flt = self._filter(actor, scope)
         _, start, end = self._window(period, now, timezone)
         groups = self.reports.by(dimension, actor.tenant, start, end, flt)
@@ -453,8 +453,8 @@ class BudgetTrackingService:
         if until is not None:
             query = query.where(UsageRow.recorded_at < naive(until))
         for key, value in (filters or {}).items():
-            if key not in DIMENSIONS:
-                raise ValidationError(f"unknown usage filter {key!r}; allowed: {', '.join(DIMENSIONS)}")
+            if key not in CALL_DIMENSIONS:
+                raise ValidationError(f"unknown usage filter {key!r}; allowed: {', '.join(CALL_DIMENSIONS)}")
             query = query.where(getattr(UsageRow, key) == value)
         return [to_record(r) for r in query.order_by(UsageRow.id.desc()).limit(limit)]
 

@@ -18,7 +18,10 @@ Role = Literal["budget:read", "budget:write", "budget:admin"]
 
 #: Scope keys that are read from the call's tags (the host puts them there).
 TAG_DIMENSIONS = ("team", "project", "session", "persona")
+#: Call fields a scope, a report breakdown and an hourly rollup can be keyed by.
 CALL_DIMENSIONS = ("actor", "provider", "model", "operation", "category")
+#: The token counts of an LLMUsage, as stored with each usage record.
+TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 SCOPE_KEYS = CALL_DIMENSIONS + TAG_DIMENSIONS
 
 
@@ -94,6 +97,11 @@ class Scope(_Frozen):
             if wanted is not None and call.tags.get(key) != wanted:
                 return False
         return all(call.tags.get(k) == v for k, v in self.tags.items())
+
+    def has(self, other: Scope) -> bool:
+        """True when this scope sets every key ``other`` sets, to the same value (``Scope()`` is in all)."""
+        mine = self.as_dict()
+        return all(mine.get(k) == v for k, v in other.as_dict().items())
 
     def as_dict(self) -> dict[str, str]:
         """Flat form, as written in settings (``tag.<k>`` keys for tags)."""

@@ -15,13 +15,21 @@ from .ledger import aware, naive
 from .models import AlertConfigRow, AlertRow, DeliveryRow
 
 
+def _aware(moment: datetime | str | None) -> datetime | None:
+    return aware(moment) if moment else None
+
+
+def _naive(moment: datetime | None) -> datetime | None:
+    return naive(moment) if moment else None
+
+
 def to_config(row: AlertConfigRow) -> AlertConfig:
     data = json.loads(row.config_json)
     data.update(
         id=row.id,
         tenant=row.tenant,
         policy=row.policy,
-        snoozed_until=aware(row.snoozed_until) if row.snoozed_until else None,
+        snoozed_until=_aware(row.snoozed_until),
     )
     return AlertConfig.model_validate(data)
 
@@ -43,8 +51,8 @@ def to_alert(row: AlertRow) -> Alert:
         sinks=tuple(json.loads(row.sinks_json)),
         triggered_at=aware(row.triggered_at),
         acknowledged_by=row.acknowledged_by,
-        acknowledged_at=aware(row.acknowledged_at) if row.acknowledged_at else None,
-        resolved_at=aware(row.resolved_at) if row.resolved_at else None,
+        acknowledged_at=_aware(row.acknowledged_at),
+        resolved_at=_aware(row.resolved_at),
     )
 
 
@@ -55,8 +63,8 @@ def to_delivery(row: DeliveryRow) -> Delivery:
         status=row.status,
         attempts=row.attempts,
         last_error=row.last_error,
-        next_attempt_at=aware(row.next_attempt_at) if row.next_attempt_at else None,
-        delivered_at=aware(row.delivered_at) if row.delivered_at else None,
+        next_attempt_at=_aware(row.next_attempt_at),
+        delivered_at=_aware(row.delivered_at),
     )
 
 
@@ -75,7 +83,7 @@ class AlertRepository:
             tenant=config.tenant,
             policy=config.policy,
             config_json=_config_json(config),
-            snoozed_until=naive(config.snoozed_until) if config.snoozed_until else None,
+            snoozed_until=_naive(config.snoozed_until),
             created_at=naive(now),
         ).execute()
         return to_config(AlertConfigRow.get_by_id(row_id))
@@ -84,7 +92,7 @@ class AlertRepository:
         AlertConfigRow.update(
             policy=config.policy,
             config_json=_config_json(config),
-            snoozed_until=naive(config.snoozed_until) if config.snoozed_until else None,
+            snoozed_until=_naive(config.snoozed_until),
         ).where((AlertConfigRow.id == config.id) & (AlertConfigRow.tenant == config.tenant)).execute()
         return to_config(AlertConfigRow.get_by_id(config.id))
 

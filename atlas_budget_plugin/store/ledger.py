@@ -20,7 +20,9 @@ from typing import Any
 import peewee as pw
 
 from ..periods import Period
+from ..types import CALL_DIMENSIONS, TOKEN_FIELDS
 from .database import is_sqlite, run_in_transaction
+from .models import ThresholdMark
 
 
 def naive(moment: datetime) -> datetime:
@@ -102,11 +104,9 @@ USAGE_COLUMNS = (
     "error",
     "recorded_at",
 )
-_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
 _ROLLUP = "budget_usage_hourly"
-ROLLUP_DIMENSIONS = ("actor", "provider", "model", "operation", "category")
 _ROLLUP_KEYS = ["tenant", "dimension", "dim_value", "hour"]
-_ROLLUP_SUMS = ["calls", "cost_units", *_TOKENS]
+_ROLLUP_SUMS = ["calls", "cost_units", *TOKEN_FIELDS]
 _COUNTER = "budget_spend_counter"
 _HOLD = "budget_hold"
 _USAGE = "budget_usage"
@@ -369,9 +369,9 @@ class Ledger:
     def _roll_up(self, row: dict[str, Any]) -> None:
         """Add the usage row to its hourly bucket (an upsert, in the settling transaction)."""
         hour = self._dt(aware(row["recorded_at"]).replace(minute=0, second=0, microsecond=0))
-        sums = [1, row["cost_units"], *(row[c] for c in _TOKENS)]
+        sums = [1, row["cost_units"], *(row[c] for c in TOKEN_FIELDS)]
         rows = [[row["tenant"], "*", "", hour, *sums]]
-        rows += [[row["tenant"], dim, row[dim] or "", hour, *sums] for dim in ROLLUP_DIMENSIONS]
+        rows += [[row["tenant"], dim, row[dim] or "", hour, *sums] for dim in CALL_DIMENSIONS]
         columns = ", ".join(_ROLLUP_KEYS + _ROLLUP_SUMS)
         marks = ", ".join(f"({self._marks(len(_ROLLUP_KEYS) + len(_ROLLUP_SUMS))})" for _ in rows)
         if self.kind == "mysql":
@@ -409,8 +409,6 @@ class Ledger:
 
     def mark_threshold(self, policy_id: int, window_start: datetime, threshold: int) -> bool:
         """Remember that a threshold was announced; False when it already was (by any process)."""
-        from .models import ThresholdMark
-
         query = ThresholdMark.insert(
             policy_id=policy_id, window_start=naive(window_start), threshold=threshold
         ).on_conflict_ignore()

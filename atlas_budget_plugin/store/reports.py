@@ -12,7 +12,8 @@ from typing import Any
 
 import peewee as pw
 
-from .ledger import ROLLUP_DIMENSIONS, aware, naive
+from ..periods import bucket_hour
+from .ledger import aware, naive
 from .models import UsageHourly, UsageRow
 
 HOUR = timedelta(hours=1)
@@ -53,12 +54,23 @@ class Filter:
 
 
 def _ceil_hour(moment: datetime) -> datetime:
-    floor = moment.replace(minute=0, second=0, microsecond=0)
+    floor = bucket_hour(moment)
     return floor if floor == moment else floor + HOUR
 
 
-def _floor_hour(moment: datetime) -> datetime:
-    return moment.replace(minute=0, second=0, microsecond=0)
+#: The four sums a Totals is made of, from the rollups and from raw rows (where each row is one call).
+_ROLLUP_SUMS = (
+    pw.fn.SUM(UsageHourly.calls),
+    pw.fn.SUM(UsageHourly.cost_units),
+    pw.fn.SUM(UsageHourly.input_tokens),
+    pw.fn.SUM(UsageHourly.output_tokens),
+)
+_RAW_SUMS = (
+    pw.fn.COUNT(UsageRow.id),
+    pw.fn.SUM(UsageRow.cost_units),
+    pw.fn.SUM(UsageRow.input_tokens),
+    pw.fn.SUM(UsageRow.output_tokens),
+)
 
 
 class UsageReports:
@@ -85,7 +97,7 @@ class UsageReports:
         """Split ``[start, end)`` into whole hours for the rollups and edge spans for raw rows."""
         if flt.rollup is None:
             return None, [(start, end)]
-        first, last = _ceil_hour(start), _floor_hour(end)
+        first, last = _ceil_hour(start), bucket_hour(end)
         if first >= last:
             return None, [(start, end)]
         edges = [(a, b) for a, b in ((start, first), (last, end)) if a < b]
@@ -107,24 +119,12 @@ class UsageReports:
     def totals(self, tenant: str, start: datetime, end: datetime, flt: Filter) -> Totals:
         totals = Totals()
         hours, edges = self._spans(start, end, flt)
-        sums_rollup = (
-            pw.fn.SUM(UsageHourly.calls),
-            pw.fn.SUM(UsageHourly.cost_units),
-            pw.fn.SUM(UsageHourly.input_tokens),
-            pw.fn.SUM(UsageHourly.output_tokens),
-        )
         if hours is not None:
             dimension, key = flt.rollup or ("*", "")
-            found: Any = self._rollup(tenant, hours, dimension, key).select(*sums_rollup).tuples().get()
+            found: Any = self._rollup(tenant, hours, dimension, key).select(*_ROLLUP_SUMS).tuples().get()
             totals.add(*found)
         if edges:
-            sums_raw = (
-                pw.fn.COUNT(UsageRow.id),
-                pw.fn.SUM(UsageRow.cost_units),
-                pw.fn.SUM(UsageRow.input_tokens),
-                pw.fn.SUM(UsageRow.output_tokens),
-            )
-            edge: Any = self._raw(tenant, edges, flt).select(*sums_raw).tuples().get()
+            edge: Any = self._raw(tenant, edges, flt).select(*_RAW_SUMS).tuples().get()
             totals.add(*edge)
         return totals
 
@@ -136,13 +136,7 @@ class UsageReports:
         if hours is not None:
             rows: Any = (
                 self._rollup(tenant, hours, dimension, None)
-                .select(
-                    UsageHourly.key,
-                    pw.fn.SUM(UsageHourly.calls),
-                    pw.fn.SUM(UsageHourly.cost_units),
-                    pw.fn.SUM(UsageHourly.input_tokens),
-                    pw.fn.SUM(UsageHourly.output_tokens),
-                )
+                .select(UsageHourly.key, *_ROLLUP_SUMS)
                 .group_by(UsageHourly.key)
                 .tuples()
             )
@@ -150,18 +144,7 @@ class UsageReports:
                 result.setdefault(key or None, Totals()).add(*sums)
         if edges:
             column = getattr(UsageRow, dimension)
-            raw_rows: Any = (
-                self._raw(tenant, edges, flt)
-                .select(
-                    column,
-                    pw.fn.COUNT(UsageRow.id),
-                    pw.fn.SUM(UsageRow.cost_units),
-                    pw.fn.SUM(UsageRow.input_tokens),
-                    pw.fn.SUM(UsageRow.output_tokens),
-                )
-                .group_by(column)
-                .tuples()
-            )
+            raw_rows: Any = self._raw(tenant, edges, flt).select(column, *_RAW_SUMS).group_by(column).tuples()
             for key, *sums in raw_rows:
                 result.setdefault(key or None, Totals()).add(*sums)
         return result
@@ -204,4 +187,4 @@ class UsageReports:
         return int(UsageRow.delete().where(UsageRow.recorded_at < naive(before)).execute())
 
 
-__all__ = ["ROLLUP_DIMENSIONS", "Filter", "Totals", "UsageReports"]
+__all__ = ["Filter", "Totals", "UsageReports"]
