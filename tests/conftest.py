@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,28 @@ import pytest
 import hookspecs.specs as host_specs
 from atlas_budget_plugin import BudgetServices, BudgetSettings, bootstrap
 from atlas_budget_plugin.plugin import BudgetPlugin
-from atlas_budget_plugin.types import Actor
+from atlas_budget_plugin.types import Actor, Alert
 
 from .backends import server_url
+
+
+def sample_alert(message: str = "80% used") -> Alert:
+    """A triggered alert as sinks receive it, for tests of sinks themselves."""
+    now = datetime.now(timezone.utc)
+    return Alert(
+        id=1,
+        config_id=1,
+        tenant="t",
+        policy="p",
+        kind="actual",
+        severity="critical",
+        threshold=80,
+        window_start=now,
+        spent=Decimal(8),
+        limit=Decimal(10),
+        message=message,
+        triggered_at=now,
+    )
 
 
 class FakeClock:

@@ -23,10 +23,12 @@ from pathlib import Path
 from atlas_budget_plugin import BudgetSettings, bootstrap
 from atlas_budget_plugin.money import from_units
 from atlas_budget_plugin.store.database import SQLITE_PRAGMAS
+from atlas_budget_plugin.store.ledger import USAGE_COLUMNS
 from atlas_budget_plugin.types import Actor
 from hookspecs import LLMCall
 
 NOW = datetime(2026, 11, 28, 12, tzinfo=timezone.utc)
+INSERT_USAGE = f"INSERT INTO budget_usage ({', '.join(USAGE_COLUMNS)}) VALUES ({', '.join('?' * len(USAGE_COLUMNS))})"
 PROVIDERS = ["openai", "anthropic", "google", "mistral", "local"]
 
 
@@ -72,22 +74,10 @@ def seed(path: Path, rows: int) -> None:
             )
         )
         if len(batch) == 50_000:
-            db.executemany(
-                "INSERT INTO budget_usage (call_id, tenant, actor, provider, model, operation, category, "
-                "tags_json, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_units, "
-                "units_json, price_source, error, recorded_at) VALUES "
-                "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                batch,
-            )
+            db.executemany(INSERT_USAGE, batch)
             batch = []
     if batch:
-        db.executemany(
-            "INSERT INTO budget_usage (call_id, tenant, actor, provider, model, operation, category, "
-            "tags_json, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_units, "
-            "units_json, price_source, error, recorded_at) VALUES "
-            "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            batch,
-        )
+        db.executemany(INSERT_USAGE, batch)
     hour = "strftime('%Y-%m-%d %H:00:00', recorded_at)"
     for dimension, key in [
         ("*", "''"),

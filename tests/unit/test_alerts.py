@@ -19,7 +19,7 @@ from atlas_budget_plugin.hookspecs import hookimpl
 from atlas_budget_plugin.types import Actor, Alert, BudgetEvent
 from hookspecs import LLMCall
 
-from ..conftest import FakeClock
+from ..conftest import FakeClock, sample_alert
 from ..httpserver import http_server
 
 n = 0
@@ -58,11 +58,19 @@ def events(services: BudgetServices) -> list[BudgetEvent]:
     return seen
 
 
+ALICE_DAY = {"name": "alice-day", "scope": {"actor": "alice"}, "period": "day", "limit": "10"}
+
+
 @pytest.fixture
 def policy(services: BudgetServices, admin: Actor) -> Any:
-    return services.policies.create_policy(
-        admin, {"name": "alice-day", "scope": {"actor": "alice"}, "period": "day", "limit": "10"}
-    )
+    return services.policies.create_policy(admin, ALICE_DAY)
+
+
+def alert_on_spend(services: BudgetServices, admin: Actor, sink: str) -> None:
+    """alice-day with an alert at 10% sent to ``sink``, and alice spending 5.00 of its 10.00."""
+    services.policies.create_policy(admin, ALICE_DAY)
+    services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 10, "sinks": [sink]})
+    spend(services, "5")
 
 
 def configure(services: BudgetServices, admin: Actor, **kw: Any) -> Any:
@@ -242,13 +250,9 @@ def test_delivery_gives_up_visibly(
     make_services: Any, admin: Actor, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     services = make_services(delivery_attempts=2, delivery_backoff=1)
-    services.policies.create_policy(
-        admin, {"name": "alice-day", "scope": {"actor": "alice"}, "period": "day", "limit": "10"}
-    )
     dead = Sink(fail=99)
     services.extensions.pm.register(dead, name="dead")
-    services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 10, "sinks": ["dead"]})
-    spend(services, "5")
+    alert_on_spend(services, admin, "dead")
     services.alerts.evaluate_alerts()
     clock.advance(seconds=2)
     with caplog.at_level(logging.ERROR, logger="atlas_budget_plugin.alerts"):
@@ -278,11 +282,7 @@ def test_declared_alerts_apply_idempotently(make_services: Any, admin: Actor) ->
 def test_webhook_sink_posts_signed_json(make_services: Any, admin: Actor) -> None:
     with http_server() as server:
         services = make_services(sinks={"webhook": {"url": server.url, "secret": "s3cret", "timeout": 2}})
-        services.policies.create_policy(
-            admin, {"name": "alice-day", "scope": {"actor": "alice"}, "period": "day", "limit": "10"}
-        )
-        services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 10, "sinks": ["webhook"]})
-        spend(services, "5")
+        alert_on_spend(services, admin, "webhook")
         services.alerts.evaluate_alerts()
     (request,) = server.requests
     body = json.loads(request["body"])
@@ -298,11 +298,7 @@ def test_webhook_fails_twice_then_succeeds(
         services = make_services(
             sinks={"webhook": {"url": server.url.replace("/budget", "/x?token=s3cret")}}, delivery_backoff=1
         )
-        services.policies.create_policy(
-            admin, {"name": "alice-day", "scope": {"actor": "alice"}, "period": "day", "limit": "10"}
-        )
-        services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 10, "sinks": ["webhook"]})
-        spend(services, "5")
+        alert_on_spend(services, admin, "webhook")
         with caplog.at_level(logging.WARNING):
             services.alerts.evaluate_alerts()
             clock.advance(seconds=2)
@@ -318,11 +314,7 @@ def test_webhook_fails_twice_then_succeeds(
 def test_webhook_that_never_answers_times_out_off_the_call_path(make_services: Any, admin: Actor) -> None:
     with http_server(delay=3) as server:
         services = make_services(sinks={"webhook": {"url": server.url, "timeout": 0.3}})
-        services.policies.create_policy(
-            admin, {"name": "alice-day", "scope": {"actor": "alice"}, "period": "day", "limit": "10"}
-        )
-        services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 10, "sinks": ["webhook"]})
-        spend(services, "5")  # the call path records; it never delivers
+        alert_on_spend(services, admin, "webhook")  # the call path records; it never delivers
         assert server.requests == []
         services.alerts.evaluate_alerts()
     (delivery,) = services.alerts.deliveries(admin)
@@ -346,11 +338,7 @@ def test_apprise_sink_notifies_by_url(make_services: Any, admin: Actor) -> None:
     with http_server() as server:
         url = server.url.replace("http://", "json://")
         services = make_services(sinks={"apprise": {"urls": [url]}})
-        services.policies.create_policy(
-            admin, {"name": "alice-day", "scope": {"actor": "alice"}, "period": "day", "limit": "10"}
-        )
-        services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 10, "sinks": ["apprise"]})
-        spend(services, "5")
+        alert_on_spend(services, admin, "apprise")
         services.alerts.evaluate_alerts()
     (request,) = server.requests
     body = json.loads(request["body"])
@@ -363,20 +351,7 @@ def test_apprise_sink_failures_are_raised_for_retry(tmp_path: Any) -> None:
     from atlas_budget_plugin.settings import BudgetSettings
     from atlas_budget_plugin.sinks import apprise_sink
 
-    alert = Alert(
-        id=1,
-        config_id=1,
-        tenant="t",
-        policy="p",
-        kind="actual",
-        severity="critical",
-        threshold=80,
-        window_start=datetime.now(timezone.utc),
-        spent=Decimal(8),
-        limit=Decimal(10),
-        message="80%",
-        triggered_at=datetime.now(timezone.utc),
-    )
+    alert = sample_alert("80%")
     apprise_sink.budget_configure(BudgetSettings.load(tmp_path / "none.toml"))
     with pytest.raises(RuntimeError, match="has no urls"):
         apprise_sink.budget_deliver_alert(alert)

@@ -17,6 +17,8 @@ from atlas_budget_plugin.store import database
 from atlas_budget_plugin.store.models import SchemaVersion
 from atlas_budget_plugin.types import Alert, BudgetEvent, BudgetThresholdEvent
 
+from ..conftest import sample_alert
+
 
 def test_sqlite_url_creates_folders_and_schema(tmp_path: Path) -> None:
     db = database.open_database(f"sqlite:///{tmp_path}/deep/er/budget.db")
@@ -118,28 +120,13 @@ class Sink:
 
 
 def test_deliver_to_named_sink_only(caplog: pytest.LogCaptureFixture) -> None:
-    from datetime import datetime, timezone
-    from decimal import Decimal
 
     pm = get_plugin_manager()  # the installed built-ins, found through entry points
     sink = Sink()
     pm.register(sink, name="mine")
     ext = Extensions(pm)
     assert {"log", "mine"} <= set(ext.sink_names())
-    alert = Alert(
-        id=1,
-        config_id=1,
-        tenant="t",
-        policy="p",
-        kind="actual",
-        severity="critical",
-        threshold=80,
-        window_start=datetime.now(timezone.utc),
-        spent=Decimal(8),
-        limit=Decimal(10),
-        message="80% used",
-        triggered_at=datetime.now(timezone.utc),
-    )
+    alert = sample_alert("80% used")
     with caplog.at_level(logging.INFO, logger="atlas_budget_plugin.alerts"):
         ext.deliver(alert, "log")
     assert "80% used" in caplog.text and sink.alerts == []
