@@ -11,7 +11,7 @@ from datetime import datetime
 from hookspecs import LLMCall, LLMUsage, Verdict, hookimpl
 
 from .bootstrap import BudgetServices, bootstrap
-from .exceptions import SettingsError, StoreUnavailable
+from .exceptions import BudgetError, SettingsError, StoreUnavailable
 from .scheduler import BackgroundEvaluator
 from .store.database import STORE_ERRORS, reset_connection
 from .types import BudgetDecision
@@ -19,6 +19,9 @@ from .types import BudgetDecision
 log = logging.getLogger("atlas_budget_plugin")
 
 SOURCE = "atlas-budget"
+
+#: A call open longer than this (a day) is taken as forgotten by its host: its hold is no longer renewed.
+MAX_OPEN_SECONDS = 86_400
 
 
 def to_verdict(decision: BudgetDecision) -> Verdict:
@@ -58,6 +61,8 @@ class BudgetPlugin:
         self.background: BackgroundEvaluator | None = None
         self._config_error: SettingsError | None = None
         self._config_checked = 0.0
+        self._open: dict[str, float] = {}  # call id -> monotonic time its hold was taken
+        self.renewer: BackgroundEvaluator | None = None
 
     @property
     def services(self) -> BudgetServices:
@@ -98,16 +103,54 @@ class BudgetPlugin:
             self.background = BackgroundEvaluator(self._tick, interval)
             self.background.start()
 
+    def _renew(self, now: datetime) -> None:
+        """Keep the holds of this process's calls in progress from expiring (long calls and streams).
+
+        The TTL then reclaims only holds whose process is gone (or whose call has been open
+        longer than :data:`MAX_OPEN_SECONDS`, which a host that forgot ``post_llm_call`` would cause).
+        """
+        services = self._services
+        if services is None or not self._open:
+            return
+        oldest = time.monotonic() - MAX_OPEN_SECONDS
+        for call_id, started in list(self._open.items()):
+            if started < oldest:
+                self._open.pop(call_id, None)
+        try:
+            services.policies.renew_reservations(list(self._open), now)
+        except STORE_ERRORS as exc:
+            reset_connection(services.db)
+            log.warning("budget store unreachable, holds of calls in progress not renewed: %s", exc)
+
+    def _track(self, services: BudgetServices, call_id: str) -> None:
+        self._open[call_id] = time.monotonic()
+        if self.renewer is None:
+            with self._lock:
+                if self.renewer is None:
+                    every = max(1, services.settings.reservation_ttl // 3)
+                    self.renewer = BackgroundEvaluator(self._renew, every, services.policies.clock)
+                    self.renewer.start()
+
     def _tick(self, now: datetime) -> None:
         services = self._available()
         if isinstance(services, SettingsError):
             return
+        self._renew(now)
         done = services.tick(now)
         if any(done.values()):
             log.info("budget tick: %s", ", ".join(f"{k} {v}" for k, v in done.items()))
 
     @hookimpl
     def pre_llm_call(self, call: LLMCall) -> Verdict | None:
+        try:
+            return self._check(call)
+        except Exception as exc:  # never into the host: an unexpected fault denies, like a store outage
+            log.exception("budget check of call %s failed", call.call_id)
+            return Verdict(
+                False, f"the budget plugin could not check this call: {type(exc).__name__}: {exc}", (), SOURCE
+            )
+
+    def _check(self, call: LLMCall) -> Verdict:
         services = self._available()
         if isinstance(services, SettingsError):
             return Verdict(False, f"the budget plugin is misconfigured: {services}", (), SOURCE)
@@ -118,22 +161,34 @@ class BudgetPlugin:
         except STORE_ERRORS as exc:
             reset_connection(services.db)
             return self._store_down(call, exc)
+        except BudgetError as exc:
+            return Verdict(False, str(exc), (), SOURCE)
+        if decision.reserved:
+            self._track(services, call.call_id)
         return to_verdict(decision)
 
     def _store_down(self, call: LLMCall, exc: Exception) -> Verdict:
         mode = self.services.settings.on_store_error
         log.error("budget store unreachable while checking call %s: %s (on_store_error=%s)", call.call_id, exc, mode)
-        reason = f"budget store unreachable ({type(exc).__name__}); on_store_error = {mode}"
+        reason = f"budget store unreachable ({type(exc).__name__}: {exc}); on_store_error = {mode}"
         if mode == "allow":
             return Verdict(True, reason, (f"budget not checked: {reason}",), SOURCE)
         return Verdict(False, reason, (), SOURCE)
 
     @hookimpl
     def post_llm_call(self, call: LLMCall, usage: LLMUsage, error: BaseException | None) -> None:
-        services = self._available()
-        if isinstance(services, SettingsError):
-            return  # pre_llm_call denied this call: there is nothing to record
-        services.tracking.record_call(call, usage, error)
+        # Never raises into the host: the provider has billed the call already, and an exception
+        # here would also keep every later plugin's post_llm_call from running.
+        self._open.pop(call.call_id, None)
+        try:
+            services = self._available()
+            if isinstance(services, SettingsError):
+                return  # pre_llm_call denied this call: there is nothing to record
+            services.tracking.record_call(call, usage, error)
+        except Exception:
+            log.critical(
+                "recording call %s failed; its hold stays counted until it expires", call.call_id, exc_info=True
+            )
 
     @hookimpl
     def on_period_tick(self, now: datetime) -> None:
@@ -144,9 +199,10 @@ class BudgetPlugin:
         self._tick(now)
 
     def close(self) -> None:
-        if self.background is not None:
-            self.background.stop()
-            self.background = None
+        for worker in (self.background, self.renewer):
+            if worker is not None:
+                worker.stop()
+        self.background = self.renewer = None
 
 
 _default = BudgetPlugin()

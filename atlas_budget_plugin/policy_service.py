@@ -14,12 +14,12 @@ from hookspecs import LLMCall
 
 from .bus import MessageBus
 from .exceptions import ConflictError, NotFoundError, UnknownPriceError, ValidationError
-from .money import from_units, to_units
-from .periods import bucket_hour, parse_period, previous_window, window
+from .money import from_units, parse_money, to_units
+from .periods import bucket_hour
 from .permissions import BudgetPermissionChecker
 from .pricing import DEFAULT_PRICE, UNPRICED, Pricer
 from .settings import BudgetSettings, PolicySpec
-from .store import Ledger, Standing, Target
+from .store import Ledger, Reservation, Standing, StoreRangeError, Target, target_for
 from .store.repository import PolicyRepository
 from .types import (
     Actor,
@@ -30,6 +30,9 @@ from .types import (
     Policy,
     PolicyStanding,
     Scope,
+    is_store_id,
+    policy_filters,
+    scope_arg,
     utcnow,
 )
 
@@ -37,6 +40,55 @@ Clock = Callable[[], datetime]
 
 #: Tag a call carries to pass a ``soft_block`` policy: the policy's name, or ``*`` for all.
 OVERRIDE_TAG = "budget_override"
+
+#: Policy fields that decide which calls and which window a counter counts: changing one rebuilds them.
+_COUNTED_FIELDS = ("scope", "period", "timezone", "enabled", "tenant")
+
+#: Longest text the store keeps for each call field (the usage table's columns).
+CALL_FIELD_LIMITS = {
+    "call_id": 200,
+    "tenant": 200,
+    "actor": 200,
+    "provider": 100,
+    "model": 200,
+    "operation": 50,
+    "category": 100,
+}
+#: Largest token count one call may report; sums of many must stay exact in 64-bit columns.
+MAX_TOKENS = 10**12
+
+
+def unstorable(call: LLMCall) -> str | None:
+    """Why the store could not record ``call``, or None: checked before any money is spent on it."""
+    for name, longest in CALL_FIELD_LIMITS.items():
+        value = getattr(call, name)
+        if value is None:
+            continue
+        if len(value) > longest:
+            return f"LLMCall.{name} is {len(value)} characters long; at most {longest} can be recorded"
+        problem = _bad_text(value)
+        if problem:
+            return f"LLMCall.{name} {problem}"
+    for key, value in call.tags.items():
+        for text in (key, value):
+            problem = _bad_text(text)
+            if problem:
+                return f"LLMCall.tags[{key!r}] {problem}"
+    for name in ("input_tokens", "max_output_tokens"):
+        value = getattr(call, name)
+        if value is not None and value > MAX_TOKENS:
+            return f"LLMCall.{name} = {value} is more than the {MAX_TOKENS:,} tokens one call can be recorded with"
+    return None
+
+
+def _bad_text(value: str) -> str | None:
+    if "\x00" in value:
+        return "contains a NUL character, which PostgreSQL cannot store; remove it"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate, which is not valid text; pass valid UTF-8 text"
+    return None
 
 
 class BudgetPolicyService:
@@ -102,15 +154,21 @@ class BudgetPolicyService:
             lambda: self.repository.add(candidate, actor.id, self.clock(), lambda: self._check_conflict(candidate))
         )
         assert stored is not None
+        self._rebuild_counters(stored)
         self._publish("budget.policy_created", stored, actor)
         return stored
+
+    def _rebuild_counters(self, policy: Policy) -> None:
+        """Start the policy's counters from the spend already recorded in its scope and window."""
+        self.ledger.reset_policy(policy.id or 0, lambda moment: target_for(policy, moment), self.clock())
 
     def get_policy(self, actor: Actor, policy_id: int) -> Policy:
         """A policy of the actor's tenant (needs ``budget:read``); other tenants' are not found."""
         self.permissions.require(actor, "budget:read")
-        policy = self.repository.get(actor.tenant, policy_id)
+        # An id the store cannot hold (negative, >= 2**63) cannot exist: not found, before any query.
+        policy = self.repository.get(actor.tenant, policy_id) if is_store_id(policy_id, "policy_id") else None
         if policy is None:
-            raise NotFoundError(f"no policy with id {policy_id} in tenant {actor.tenant!r}")
+            raise NotFoundError(f"no policy with id {str(policy_id)[:30]} in tenant {actor.tenant!r}")
         return policy
 
     def list_policies(
@@ -118,12 +176,13 @@ class BudgetPolicyService:
     ) -> list[Policy]:
         """Policies of the actor's tenant whose scope includes ``scope``'s keys, then ``filters``."""
         self.permissions.require(actor, "budget:read")
-        wanted = Scope.model_validate(scope or {})
+        wanted = scope_arg(scope)
+        checked = policy_filters(filters)
         result = []
         for policy in self.repository.all(actor.tenant):
             if not policy.scope.has(wanted):
                 continue
-            if filters and any(getattr(policy, k, None) != v for k, v in filters.items()):
+            if any(getattr(policy, k) != v for k, v in checked.items()):
                 continue
             result.append(policy)
         return result
@@ -149,6 +208,8 @@ class BudgetPolicyService:
         )
         if stored is None:
             raise ConflictError(f"policy {before.name!r} was changed by someone else; reload it and retry")
+        if any(getattr(before, f) != getattr(stored, f) for f in _COUNTED_FIELDS):
+            self._rebuild_counters(stored)
         self._publish("budget.policy_updated", stored, actor)
         return stored
 
@@ -203,22 +264,9 @@ class BudgetPolicyService:
         hit = self._targets.get(key)
         if hit is not None and hit[0] <= now < hit[1]:
             return hit[2]
-        period = parse_period(policy.period)
-        start, end = window(period, policy.timezone, now)
-        prev = previous_window(period, policy.timezone, now)
-        target = Target(
-            policy_id=policy.id or 0,
-            period=period,
-            window_start=start,
-            window_end=end,
-            limit_units=to_units(policy.limit),
-            rollover_cap_units=to_units(policy.rollover_cap),
-            previous_window_start=prev[0] if prev else None,
-            policy_created_at=policy.created_at,
-            counter_start=bucket_hour(now) if period.is_rolling else None,
-        )
-        valid_from = bucket_hour(now) if period.is_rolling else start
-        valid_until = valid_from + timedelta(hours=1) if period.is_rolling else end
+        target = target_for(policy, now)
+        valid_from = bucket_hour(now) if target.period.is_rolling else target.window_start
+        valid_until = valid_from + timedelta(hours=1) if target.period.is_rolling else target.window_end
         if len(self._targets) > 10_000:
             self._targets.clear()
         self._targets[key] = (valid_from, valid_until, target)
@@ -230,9 +278,11 @@ class BudgetPolicyService:
         return [p for p in policies if p.scope.matches(call)]
 
     def targets_for(self, call: LLMCall, now: datetime | None = None) -> list[Target]:
-        """Targets for recording a finished call: a policy cache up to a second old is good enough."""
+        """Targets for charging a finished call to the window of ``now`` (when it was admitted)."""
         now = now or self.clock()
-        return [self.target(p, now) for p in self.matching(call, max_age=1.0)]
+        # Asks the store whether any policy changed (one small read): a policy created a moment ago
+        # in another process must count this call, or its counter would miss it.
+        return [self.target(p, now) for p in self.matching(call)]
 
     def _standing(self, policy: Policy, standing: Standing, requested: int) -> PolicyStanding:
         # Built from values the store already checked, on every call: skip re-validation.
@@ -265,8 +315,19 @@ class BudgetPolicyService:
         """
         call = operation
         now = self.clock()
+        problem = unstorable(call)
+        if problem:
+            return BudgetDecision(
+                allowed=False,
+                reason=f"call {call.call_id[:200]!r} cannot be recorded: {problem}",
+                estimated_cost=Decimal(0),
+                price_source="refused",
+            )
         if estimated_cost is not None:
-            amount, source = estimated_cost, "caller estimate"
+            try:
+                amount, source = parse_money(estimated_cost, "estimated_cost"), "caller estimate"
+            except ValueError as exc:
+                raise ValidationError(str(exc)) from None
         else:
             try:
                 estimate = self.pricer.estimate(call)
@@ -299,8 +360,26 @@ class BudgetPolicyService:
             return not any(self._blocks(v, call) for v in views)
 
         expires = now + timedelta(seconds=self.settings.reservation_ttl)
-        _, held = self.ledger.reserve(call.call_id, targets, units, now, expires, decide)
-        return self._decision(call, views, held, amount, source, by_id)
+        try:
+            _, outcome = self.ledger.reserve(call.call_id, targets, units, now, expires, decide)
+        except StoreRangeError as exc:
+            return BudgetDecision(
+                allowed=False,
+                reason=f"call {call.call_id!r} cannot be held: {exc}",
+                estimated_cost=amount,
+                price_source=source,
+            )
+        if outcome is Reservation.RECORDED:
+            return BudgetDecision(
+                allowed=False,
+                reason=(
+                    f"call id {call.call_id!r} was already recorded as a finished call; give every call its own "
+                    "call_id (a settled call cannot take a new hold)"
+                ),
+                estimated_cost=amount,
+                price_source=source,
+            )
+        return self._decision(call, views, outcome is Reservation.HELD, amount, source, by_id)
 
     def _price_warnings(self, call: LLMCall, source: str) -> tuple[str, ...]:
         if source.endswith(UNPRICED):
@@ -395,6 +474,11 @@ class BudgetPolicyService:
             if estimate <= room:
                 return model, estimate
         return None
+
+    def renew_reservations(self, call_ids: Sequence[str], now: datetime | None = None) -> int:
+        """Keep the holds of calls still in progress from expiring: push them to ``now + reservation_ttl``."""
+        moment = now or self.clock()
+        return self.ledger.renew(list(call_ids), moment + timedelta(seconds=self.settings.reservation_ttl))
 
     def expire_reservations(self, now: datetime | None = None) -> int:
         """Release holds of calls that never reported back within ``reservation_ttl``."""

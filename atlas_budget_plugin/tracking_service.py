@@ -18,8 +18,9 @@ from .exceptions import ValidationError
 from .money import from_units, parse_money, quantize, tidy, to_units
 from .periods import Period, parse_period, previous_window, window
 from .permissions import BudgetPermissionChecker
+from .policy_service import MAX_TOKENS
 from .pricing import Pricer
-from .store import Ledger, Standing, Target, aware, naive
+from .store import Ledger, Standing, StoreRangeError, Target, aware, naive, target_for
 from .store.database import STORE_ERRORS, reset_connection
 from .store.ledger import USAGE_COLUMNS
 from .store.models import UsageRow
@@ -27,6 +28,9 @@ from .store.reports import Filter, Totals, UsageReports
 from .store.spool import Spool
 from .types import (
     CALL_DIMENSIONS,
+    CALL_FIELD_LENGTHS,
+    MAX_LIST_LIMIT,
+    MAX_TREND_PERIODS,
     TAG_DIMENSIONS,
     TOKEN_FIELDS,
     Actor,
@@ -40,6 +44,12 @@ from .types import (
     TrendPoint,
     UsageRecord,
     UsageSummary,
+    bounded_period,
+    check_moment,
+    check_number,
+    check_text,
+    check_zone,
+    scope_arg,
     utcnow,
 )
 
@@ -111,42 +121,105 @@ class BudgetTrackingService:
     def record_call(self, call: LLMCall, usage: LLMUsage, error: BaseException | None = None) -> UsageRecord | None:
         """Price and record a finished call (``post_llm_call``); a failed call that used nothing is released.
 
-        Returns the record (the first one if this ``call_id`` was already
-        recorded), or None when the call consumed nothing and failed.
+        Never raises for what it cannot read or price, and never records a billed call at zero by
+        mistake: usage it cannot read or price, or a successful call that reported no usage at all, is
+        recorded at the call's estimate (what it held), flagged in ``price_source`` and logged. Returns
+        the record (the first one if this ``call_id`` was already recorded), or None when the call
+        consumed nothing and failed, or the record could not be written (spooled, or logged loudly).
         """
-        usage = self.pricer.resolve_usage(call, usage)
-        if error is not None and usage.is_empty:
+        try:
+            resolved = self.pricer.resolve_usage(call, usage)
+        except Exception as exc:  # a response body we cannot read: the provider still billed the call
+            return self._record_estimate(call, f"usage unreadable: {exc}", error)
+        if error is not None and resolved.is_empty:
             try:
                 self.ledger.release(call.call_id)
             except STORE_ERRORS as exc:
                 reset_connection(self.ledger.db)
                 log.warning("budget store unreachable (%s); the hold of call %s expires on its own", exc, call.call_id)
             return None
-        price = self.pricer.price(call, usage)
+        if resolved.cost is None and resolved.is_empty:
+            return self._record_estimate(call, "no usage reported", error)
+        try:
+            price = self.pricer.price(call, resolved)
+            metadata = self._metadata(resolved, price.source, error)
+        except Exception as exc:  # unknown units, an unpriced model, counts the store cannot hold
+            return self._record_estimate(call, f"cannot price: {exc}", error, resolved)
+        return self._store(call, price.cost, metadata)
+
+    @staticmethod
+    def _metadata(usage: LLMUsage, source: str, error: BaseException | None) -> dict[str, Any]:
         metadata: dict[str, Any] = {name: getattr(usage, name) for name in TOKEN_FIELDS}
-        metadata["price_source"] = price.source
+        for name in TOKEN_FIELDS:
+            if metadata[name] > MAX_TOKENS:
+                raise ValidationError(f"{name} = {metadata[name]} is more than the {MAX_TOKENS:,} one call may record")
+        metadata["price_source"] = source[:200]
         if usage.units:
             metadata["units"] = dict(usage.units)
         if error is not None:
             metadata["error"] = f"{type(error).__name__}: {error}"[:2000]
+        return metadata
+
+    def _record_estimate(
+        self, call: LLMCall, why: str, error: BaseException | None, usage: LLMUsage | None = None
+    ) -> UsageRecord | None:
+        """Record a call whose real cost is unknown at what it held (else its fresh estimate), flagged."""
+        try:
+            held = self.ledger.held_units(call.call_id)
+        except STORE_ERRORS:
+            reset_connection(self.ledger.db)
+            held = None
+        if held is not None:
+            cost, basis = from_units(held), "reservation estimate"
+        else:
+            try:
+                cost, basis = self.pricer.estimate(call).cost, "estimate"
+            except Exception as exc:
+                cost, basis = Decimal(0), f"unpriced ({exc})"
+        log.warning("call %s recorded at its %s %s: %s", call.call_id, basis, cost, why)
+        try:
+            metadata = self._metadata(usage or LLMUsage(), f"{basis}; {why}", error)
+        except ValidationError:
+            metadata = self._metadata(LLMUsage(), f"{basis}; {why}", error)
+        metadata.pop("units", None)
+        return self._store(call, cost, metadata)
+
+    def _store(self, call: LLMCall, cost: Decimal, metadata: dict[str, Any]) -> UsageRecord | None:
+        """Write the record; when the store is down, spool it; when even that fails, keep the hold and shout."""
         now = self.clock()
         try:
-            return self.record_usage(call, price.cost, metadata, recorded_at=now)
+            return self.record_usage(call, cost, metadata, recorded_at=now)
         except STORE_ERRORS as exc:
-            if self.spool is None:
-                raise
             reset_connection(self.ledger.db)
-            self.spool.append(
-                {
-                    "call": {k: (str(v) if isinstance(v, Decimal) else v) for k, v in asdict(call).items()},
-                    "cost": str(price.cost),
-                    "metadata": {**metadata, "units": {k: str(v) for k, v in usage.units.items()}},
-                    "recorded_at": now.isoformat(),
-                }
-            )
+            if self.spool is None:
+                log.critical("budget store unreachable (%s): usage of call %s NOT recorded", exc, call.call_id)
+                return None
+            try:
+                self.spool.append(
+                    {
+                        "call": {k: (str(v) if isinstance(v, Decimal) else v) for k, v in asdict(call).items()},
+                        "cost": str(cost),
+                        "metadata": {**metadata, "units": {k: str(v) for k, v in metadata.get("units", {}).items()}},
+                        "recorded_at": now.isoformat(),
+                    }
+                )
+            except Exception as spool_exc:
+                log.critical(
+                    "budget store unreachable (%s) and the spool %s cannot be written (%s): usage of call %s "
+                    "(cost %s) is NOT recorded; its hold stays counted until reservation_ttl",
+                    exc,
+                    self.spool.path,
+                    spool_exc,
+                    call.call_id,
+                    cost,
+                )
+                return None
             log.warning(
                 "budget store unreachable (%s): usage of call %s spooled to %s", exc, call.call_id, self.spool.path
             )
+            return None
+        except (StoreRangeError, ValidationError) as exc:
+            log.critical("usage of call %s (cost %s) cannot be recorded: %s; its hold stays", call.call_id, cost, exc)
             return None
 
     def replay_spool(self) -> int:
@@ -216,7 +289,7 @@ class BudgetTrackingService:
             "error": metadata.get("error"),
             "recorded_at": naive(now),
         }
-        settled = self.ledger.settle(call.call_id, to_units(amount), row, lambda: self.targets(call, now))
+        settled = self.ledger.settle(call.call_id, to_units(amount), row, lambda moment: self.targets(call, moment))
         record = to_record(settled.row)
         if settled.created:
             self.bus.publish(BudgetUsageEvent(topic="budget.usage_recorded", tenant=call.tenant, record=record))
@@ -258,19 +331,18 @@ class BudgetTrackingService:
     # -- reports ----------------------------------------------------------------------------
 
     def _window(self, period: str, now: datetime | None, tz: str) -> tuple[Period, datetime, datetime]:
+        moment = check_moment(now, "now") if now is not None else self.clock()
+        check_zone(tz)
         try:
-            parsed = parse_period(period)
-            start, end = window(parsed, tz, now or self.clock())
+            parsed = bounded_period(period)
+            start, end = window(parsed, tz, moment)
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
         return parsed, start, end
 
     def _filter(self, actor: Actor, scope: Scope | dict[str, Any] | None) -> tuple[Scope, Filter]:
         self.permissions.require(actor, "budget:read")
-        try:
-            wanted = scope if isinstance(scope, Scope) else Scope.model_validate(scope or {})
-        except Exception as exc:
-            raise ValidationError(f"invalid report scope: {exc}") from None
+        wanted = scope_arg(scope, "report scope")
         return wanted, filter_for(wanted)
 
     def _policy_for(self, tenant: str, scope: Scope, period: Period) -> Policy | None:
@@ -303,6 +375,11 @@ class BudgetTrackingService:
         totals = self.reports.totals(tenant, start, end, flt)
         policy = self._policy_for(tenant, wanted, parsed)
         cost = from_units(totals.cost_units)
+        limit = policy.limit if policy else None
+        if policy is not None and policy.rollover_cap and parsed.kind not in ("rolling", "total"):
+            # The effective limit, as enforcement sees it: the limit plus what the last window carried over.
+            (standing,) = self.ledger.standings([target_for(policy, start)])
+            limit = from_units(standing.limit_units)
         return UsageSummary(
             tenant=tenant,
             period=parsed.name,
@@ -313,8 +390,8 @@ class BudgetTrackingService:
             input_tokens=totals.input_tokens,
             output_tokens=totals.output_tokens,
             policy=policy.name if policy else None,
-            limit=policy.limit if policy else None,
-            percent_used=tidy(cost * 100 / policy.limit) if policy else None,
+            limit=limit,
+            percent_used=tidy(cost * 100 / limit) if limit else None,
         )
 
     def get_spend_by(
@@ -368,8 +445,10 @@ class BudgetTrackingService:
         """Spend in each of the last ``periods`` hour/day/week/month buckets, oldest first."""
         if granularity not in ("hour", "day", "week", "month"):
             raise ValidationError(f"unknown trend granularity {granularity!r}; allowed: hour, day, week, month")
-        if periods < 1:
-            raise ValidationError(f"periods must be at least 1, got {periods}")
+        check_number(periods, "periods", 1, MAX_TREND_PERIODS)
+        check_zone(timezone)
+        if now is not None:
+            check_moment(now, "now")
         _, flt = self._filter(actor, scope)
         parsed = parse_period(granularity)
         bounds: list[tuple[datetime, datetime]] = []
@@ -447,6 +526,18 @@ class BudgetTrackingService:
     ) -> list[UsageRecord]:
         """The most recent records of the actor's tenant, filtered by column values and ``[since, until)``."""
         self.permissions.require(actor, "budget:read")
+        check_number(limit, "limit", 1, MAX_LIST_LIMIT)
+        for name, moment in (("since", since), ("until", until)):
+            if moment is not None:
+                check_moment(moment, name)
+        for key, value in (filters or {}).items():
+            if key not in CALL_DIMENSIONS:
+                raise ValidationError(f"unknown usage filter {str(key)[:100]!r}; allowed: {', '.join(CALL_DIMENSIONS)}")
+            if value is not None:
+                try:
+                    check_text(value, f"usage filter {key}", CALL_FIELD_LENGTHS[key])
+                except ValueError as exc:
+                    raise ValidationError(str(exc)) from None
         query = UsageRow.select().where(UsageRow.tenant == actor.tenant)
         if since is not None:
             query = query.where(UsageRow.recorded_at >= naive(since))

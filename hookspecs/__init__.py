@@ -4,7 +4,7 @@ This package holds no budget code. ATLAS imports only this; plugins are found
 through the entry-point group ``atlas`` and write ``from hookspecs import hookimpl``.
 """
 
-from .guard import CallGuard, guarded_call, run_guarded
+from .guard import CallGuard, guarded_call, post_each, run_guarded
 from .loader import (
     BLOCKED_ENV,
     STRICT_ENV,
@@ -34,5 +34,6 @@ __all__ = [
     "load_entry_points",
     "load_plugins",
     "plugin_names",
+    "post_each",
     "run_guarded",
 ]

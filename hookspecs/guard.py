@@ -31,12 +31,21 @@ class CallGuard:
         return [w for v in self.verdicts for w in v.warnings]
 
 
-def _post_after_failure(pm: pluggy.PluginManager, call: LLMCall, usage: LLMUsage, error: BaseException) -> None:
-    # The original error is what the caller must see; a failing post hook is logged.
-    try:
-        pm.hook.post_llm_call(call=call, usage=usage, error=error)
-    except Exception:
-        log.exception("post_llm_call failed for call %s after %r", call.call_id, error)
+def post_each(pm: pluggy.PluginManager, call: LLMCall, usage: LLMUsage, error: BaseException | None) -> None:
+    """Call every plugin's ``post_llm_call``, each on its own: one that raises does not stop the others.
+
+    pluggy stops a hook call at the first implementation that raises, which would leave
+    the later plugins' reservations unsettled and their usage unrecorded. A failing
+    implementation is logged with its plugin's name.
+    """
+    caller = pm.hook.post_llm_call
+    for impl in reversed(caller.get_hookimpls()):  # pluggy's own order: last registered first
+        if impl.hookwrapper or impl.wrapper:  # wrappers wrap a whole hook call; a plain post has none to wrap
+            continue
+        try:
+            impl.function(call=call, usage=usage, error=error)
+        except Exception:
+            log.exception("post_llm_call of plugin %r failed for call %s", impl.plugin_name, call.call_id)
 
 
 @contextmanager
@@ -58,20 +67,20 @@ def guarded_call(pm: pluggy.PluginManager, call: LLMCall) -> Iterator[CallGuard]
     try:
         verdicts = [v for v in pm.hook.pre_llm_call(call=call) if v is not None]
     except BaseException as exc:
-        _post_after_failure(pm, call, LLMUsage(), exc)
+        post_each(pm, call, LLMUsage(), exc)
         raise
     denying = next((v for v in verdicts if not v.allowed), None)
     if denying is not None:
         blocked = CallBlocked(denying)
-        _post_after_failure(pm, call, LLMUsage(), blocked)
+        post_each(pm, call, LLMUsage(), blocked)
         raise blocked
     guard = CallGuard(call, verdicts)
     try:
         yield guard
     except BaseException as exc:
-        _post_after_failure(pm, call, guard.usage or LLMUsage(), exc)
+        post_each(pm, call, guard.usage or LLMUsage(), exc)
         raise
-    pm.hook.post_llm_call(call=call, usage=guard.usage or LLMUsage(), error=None)
+    post_each(pm, call, guard.usage or LLMUsage(), None)
 
 
 def run_guarded(

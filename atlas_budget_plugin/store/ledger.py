@@ -11,16 +11,20 @@ tables are the peewee models in ``models.py``.
 
 from __future__ import annotations
 
+import enum
 import functools
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import peewee as pw
 
-from ..periods import Period
-from ..types import CALL_DIMENSIONS, TOKEN_FIELDS
+from ..exceptions import ValidationError
+from ..money import to_units
+from ..periods import Period, bucket_hour, parse_period, previous_window, window
+from ..types import CALL_DIMENSIONS, TAG_DIMENSIONS, TOKEN_FIELDS, Policy, Scope
 from .database import is_sqlite, run_in_transaction
 from .models import ThresholdMark
 
@@ -43,9 +47,16 @@ def aware(moment: datetime | str) -> datetime:
     return moment.replace(tzinfo=timezone.utc)
 
 
+_HOUR = timedelta(hours=1)
+
+
 @dataclass(frozen=True)
 class Target:
-    """A policy as the ledger needs it at one moment: its window and its limit."""
+    """A policy as the ledger needs it at one moment: its window, its limit and its scope.
+
+    ``scope`` and ``tenant`` let the ledger start a new counter from the spend
+    already recorded in its window (a policy created or changed mid-window).
+    """
 
     policy_id: int
     period: Period
@@ -56,10 +67,51 @@ class Target:
     previous_window_start: datetime | None = None
     policy_created_at: datetime | None = None
     counter_start: datetime | None = None  # rolling windows write to the current hour's counter
+    tenant: str | None = None
+    scope: Scope | None = field(default=None, compare=False, hash=False)
 
     @property
     def key(self) -> datetime:
         return self.counter_start or self.window_start
+
+    @property
+    def counter_end(self) -> datetime:
+        """End of the span the counter keyed ``key`` covers (an hour for rolling windows)."""
+        return self.key + _HOUR if self.period.is_rolling else self.window_end
+
+
+def target_for(policy: Policy, now: datetime) -> Target:
+    """The target of ``policy`` for the window containing ``now``."""
+    period = parse_period(policy.period)
+    start, end = window(period, policy.timezone, now)
+    prev = previous_window(period, policy.timezone, now)
+    return Target(
+        policy_id=policy.id or 0,
+        period=period,
+        window_start=start,
+        window_end=end,
+        limit_units=to_units(policy.limit),
+        rollover_cap_units=to_units(policy.rollover_cap),
+        previous_window_start=prev[0] if prev else None,
+        policy_created_at=policy.created_at,
+        counter_start=bucket_hour(now) if period.is_rolling else None,
+        tenant=policy.tenant,
+        scope=policy.scope,
+    )
+
+
+def scope_matches_row(scope: Scope, row: dict[str, Any]) -> bool:
+    """``Scope.matches`` for a stored usage row (its columns and its tags)."""
+    for key in CALL_DIMENSIONS:
+        wanted = getattr(scope, key)
+        if wanted is not None and row[key] != wanted:
+            return False
+    tags = json.loads(row["tags_json"] or "{}")
+    for key in TAG_DIMENSIONS:
+        wanted = getattr(scope, key)
+        if wanted is not None and tags.get(key) != wanted:
+            return False
+    return all(tags.get(k) == v for k, v in scope.tags.items())
 
 
 @dataclass(frozen=True)
@@ -83,6 +135,34 @@ class Settlement:
     row: dict[str, Any]
     created: bool
     standings: tuple[Standing, ...] = ()
+
+
+@dataclass(frozen=True)
+class HoldRow:
+    """One hold as read under lock."""
+
+    id: int
+    counter_id: int
+    policy_id: int
+    amount_units: int
+    created_at: datetime
+
+
+class Reservation(enum.Enum):
+    """What ``reserve`` did."""
+
+    HELD = "held"  # the amount is held on every target (or already was, for this call id)
+    DENIED = "denied"  # ``decide`` said no: nothing held
+    RECORDED = "recorded"  # this call id was already recorded: a finished call cannot hold again
+
+
+#: Largest value any money or token column may reach. SQLite turns an integer sum past 2**63 into an
+#: inexact REAL, so every write that adds to a stored total checks it stays at or below this first.
+MAX_STORED = 2**62
+
+
+class StoreRangeError(ValidationError):
+    """An amount would take a stored total past :data:`MAX_STORED` (nothing was written)."""
 
 
 USAGE_COLUMNS = (
@@ -112,8 +192,21 @@ _HOLD = "budget_hold"
 _USAGE = "budget_usage"
 
 
+_BACKFILL_COLUMNS = ("cost_units", "tenant", *CALL_DIMENSIONS, "tags_json")
+
+
 class Ledger:
-    """Spend counters and holds on one database."""
+    """Spend counters and holds on one database.
+
+    The rule for which window a call's cost belongs to, the same in counters,
+    rollups, reports and alerts: **the window of the moment the call was admitted**
+    (when ``pre_llm_call`` took its hold). A call settled after its window ended
+    is charged to the window that admitted it, so a limit checked at admission is
+    the limit the cost counts against. A call recorded without a live hold (never
+    checked, or its hold expired) belongs to the moment it is recorded. The usage
+    row's ``recorded_at`` is that moment, so reports and rollups agree with the
+    counters. A hold is always released from the counter it was taken on.
+    """
 
     def __init__(self, db: pw.Database) -> None:
         self.db = db
@@ -135,73 +228,109 @@ class Ledger:
     def _marks(count: int) -> str:
         return ", ".join("?" * count)
 
+    # -- spend already recorded (for counters that start mid-window) ------------------------
+
+    def recorded_units(self, tenant: str, scope: Scope, start: datetime, end: datetime) -> int:
+        """Cost of the usage rows of ``tenant`` in ``[start, end)`` that ``scope`` covers.
+
+        Reads raw rows, so spend older than ``retention_days`` (pruned) is not seen.
+        Matching is done here, exactly as enforcement matches calls, not in SQL.
+        """
+        rows = self._sql(
+            f"SELECT {', '.join(_BACKFILL_COLUMNS)} FROM {_USAGE} "
+            "WHERE tenant = ? AND recorded_at >= ? AND recorded_at < ?",
+            (tenant, self._dt(start), self._dt(end)),
+        ).fetchall()
+        total = 0
+        for values in rows:
+            row = dict(zip(_BACKFILL_COLUMNS, values, strict=True))
+            if row["tenant"] == tenant and scope_matches_row(scope, row):
+                total += int(row["cost_units"])
+        return total
+
+    def _backfill(self, target: Target, start: datetime, end: datetime) -> int:
+        if target.scope is None or target.tenant is None:
+            return 0
+        return self.recorded_units(target.tenant, target.scope, start, end)
+
     # -- counters ---------------------------------------------------------------------------
 
     def _carry(self, target: Target) -> int:
+        """Unused budget of the previous window, capped: computed from that window as it stands now."""
         if not target.rollover_cap_units or target.previous_window_start is None:
             return 0
         if target.policy_created_at and target.policy_created_at >= target.window_start:
             return 0  # the policy did not exist during the previous window
         prev = self._sql(
-            f"SELECT spent_units FROM {_COUNTER} WHERE policy_id = ? AND window_start = ?",
+            f"SELECT spent_units, reserved_units FROM {_COUNTER} WHERE policy_id = ? AND window_start = ?",
             (target.policy_id, self._dt(target.previous_window_start)),
         ).fetchone()
-        unused = target.limit_units - (int(prev[0]) if prev else 0)
-        return max(0, min(target.rollover_cap_units, unused))
+        if prev is not None:
+            used = int(prev[0]) + int(prev[1])  # holds of that window become its spend when they settle
+        else:
+            used = self._backfill(target, target.previous_window_start, target.window_start)
+        return max(0, min(target.rollover_cap_units, target.limit_units - used))
 
-    def _lock_counters(self, targets: Sequence[Target]) -> dict[int, tuple[int, int, int, int]]:
-        """policy_id -> (counter id, spent, reserved, carry), rows locked in ascending id order.
-
-        Every writer locks counters by primary key in ascending order, which is what
-        keeps concurrent transactions from deadlocking. A locking read through the
-        (policy_id, window_start) index would lock in that index's order instead
-        (InnoDB locks as it scans), so servers first find the ids, then lock by id.
-        """
+    def _find_counters(self, targets: Sequence[Target]) -> dict[int, int]:
+        """policy_id -> counter id of each target's current counter (no lock)."""
         pairs = ", ".join("(?, ?)" for _ in targets)
         params = [v for t in targets for v in (t.policy_id, self._dt(t.key))]
-        columns = "id, policy_id, spent_units, reserved_units, carry_units"
-        if self.sqlite:  # BEGIN IMMEDIATE already holds the only write lock
-            rows = self._sql(
-                f"SELECT {columns} FROM {_COUNTER} WHERE (policy_id, window_start) IN ({pairs})", params
-            ).fetchall()
-        elif self.kind == "postgres":  # PostgreSQL locks rows after sorting them: one round trip
-            rows = self._sql(
-                f"SELECT {columns} FROM {_COUNTER} WHERE (policy_id, window_start) IN ({pairs}) ORDER BY id FOR UPDATE",
-                params,
-            ).fetchall()
-        else:
-            ids = sorted(
-                int(r[0])
-                for r in self._sql(
-                    f"SELECT id FROM {_COUNTER} WHERE (policy_id, window_start) IN ({pairs})", params
-                ).fetchall()
-            )
-            if not ids:
-                return {}
-            rows = self._sql(
-                f"SELECT {columns} FROM {_COUNTER} WHERE id IN ({self._marks(len(ids))}) ORDER BY id FOR UPDATE", ids
-            ).fetchall()
-        return {int(r[1]): (int(r[0]), int(r[2]), int(r[3]), int(r[4])) for r in rows}
+        rows = self._sql(
+            f"SELECT id, policy_id FROM {_COUNTER} WHERE (policy_id, window_start) IN ({pairs})", params
+        ).fetchall()
+        return {int(r[1]): int(r[0]) for r in rows}
 
-    def _ensure_counters(self, targets: Sequence[Target]) -> dict[int, tuple[int, int, int, int]]:
-        """Lock the targets' counters in id order (no deadlocks), creating the missing ones first."""
-        if not targets:
+    def _lock_ids(self, ids: Iterable[int]) -> dict[int, tuple[int, int, int]]:
+        """counter id -> (policy_id, spent, reserved), rows locked in ascending id order.
+
+        Every writer locks counters by primary key in ascending order, which is what
+        keeps concurrent transactions from deadlocking (InnoDB locks rows in the
+        order it scans them, so the lock goes through the primary key).
+        """
+        ordered = sorted(set(ids))
+        if not ordered:
             return {}
-        counters = self._lock_counters(targets)
-        missing = sorted((t for t in targets if t.policy_id not in counters), key=lambda t: (t.policy_id, t.key))
-        if not missing:
-            return counters  # the usual case: one locking read, no inserts
+        rows = self._sql(
+            f"SELECT id, policy_id, spent_units, reserved_units FROM {_COUNTER} "
+            f"WHERE id IN ({self._marks(len(ordered))}) ORDER BY id{self._lock}",
+            ordered,
+        ).fetchall()
+        return {int(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+
+    def _create_counters(self, targets: Sequence[Target]) -> None:
+        """Insert the targets' missing counters, each starting from the spend already recorded in its span.
+
+        A counter that a concurrent transaction created first is left alone (its
+        creator counted what was recorded before it; later calls add themselves).
+        """
         ignore = {"sqlite": "INSERT OR IGNORE INTO", "mysql": "INSERT IGNORE INTO"}
         tail = " ON CONFLICT DO NOTHING" if self.kind == "postgres" else ""
-        for target in missing:
+        for target in sorted(targets, key=lambda t: (t.policy_id, t.key)):
+            spent = self._backfill(target, target.key, target.counter_end)
             self._sql(
                 f"{ignore.get(self.kind, 'INSERT INTO')} {_COUNTER} (policy_id, window_start, spent_units, "
-                f"reserved_units, carry_units) VALUES (?, ?, 0, 0, ?){tail}",
-                (target.policy_id, self._dt(target.key), self._carry(target)),
+                f"reserved_units, carry_units) VALUES (?, ?, ?, 0, 0){tail}",
+                (target.policy_id, self._dt(target.key), spent),
             )
-        return self._lock_counters(targets)
 
-    def _standings(self, targets: Sequence[Target], counters: dict[int, tuple[int, int, int, int]]) -> list[Standing]:
+    def _ensure_counters(
+        self, targets: Sequence[Target], also_lock: Iterable[int] = ()
+    ) -> tuple[dict[int, int], dict[int, tuple[int, int, int]]]:
+        """Create the targets' missing counters, then lock them (and ``also_lock``) in id order.
+
+        :return: policy_id -> counter id of each target, and the locked rows by counter id.
+        """
+        found = self._find_counters(targets) if targets else {}
+        missing = [t for t in targets if t.policy_id not in found]
+        if missing:
+            self._create_counters(missing)
+            found = self._find_counters(targets)
+        # On SQLite, BEGIN IMMEDIATE already holds the only write lock and this is a plain read.
+        return found, self._lock_ids([*found.values(), *also_lock])
+
+    def _standings(
+        self, targets: Sequence[Target], ids: dict[int, int], rows: dict[int, tuple[int, int, int]]
+    ) -> list[Standing]:
         rolling = [t for t in targets if t.period.is_rolling]
         sums: dict[int, tuple[int, int]] = {}
         if rolling:
@@ -215,18 +344,33 @@ class Ledger:
                 sums[int(policy_id)] = (int(spent or 0), int(reserved or 0))
         result = []
         for target in targets:
-            _, spent, reserved, carry = counters[target.policy_id]
             if target.period.is_rolling:
                 spent, reserved = sums.get(target.policy_id, (0, 0))
-                carry = 0
-            result.append(Standing(target, spent, reserved, carry))
+                result.append(Standing(target, spent, reserved, 0))
+            else:
+                _, spent, reserved = rows[ids[target.policy_id]]
+                result.append(Standing(target, spent, reserved, self._carry(target)))
         return result
 
     def standings(self, targets: Sequence[Target]) -> list[Standing]:
         """Current standings of ``targets`` (creates their counters; for reports and verdicts)."""
-        return run_in_transaction(self.db, lambda: self._standings(targets, self._ensure_counters(targets)))
+
+        def work() -> list[Standing]:
+            ids, rows = self._ensure_counters(targets)
+            return self._standings(targets, ids, rows)
+
+        return run_in_transaction(self.db, work)
 
     # -- reserve ----------------------------------------------------------------------------
+
+    def _call_state(self, call_id: str) -> tuple[bool, bool]:
+        """(the call holds money, the call was already recorded)."""
+        row = self._sql(
+            f"SELECT (SELECT COUNT(*) FROM {_HOLD} WHERE call_id = ?), "
+            f"(SELECT COUNT(*) FROM {_USAGE} WHERE call_id = ?)",
+            (call_id, call_id),
+        ).fetchone()
+        return bool(row[0]), bool(row[1])
 
     def reserve(
         self,
@@ -236,94 +380,135 @@ class Ledger:
         now: datetime,
         expires_at: datetime,
         decide: Callable[[list[Standing]], bool],
-    ) -> tuple[list[Standing], bool]:
+    ) -> tuple[list[Standing], Reservation]:
         """Check and hold ``amount_units`` on every target, or on none.
 
         ``decide`` sees the standings read under lock and says whether to hold. A
-        repeated call with the same ``call_id`` does not hold twice.
-        :return: the standings before the hold, and whether the amount is held.
+        repeated call with the same ``call_id`` does not hold twice; a ``call_id``
+        that was already recorded holds nothing (:attr:`Reservation.RECORDED`).
+        :return: the standings before the hold, and what was done.
         """
+        if amount_units > MAX_STORED:
+            raise StoreRangeError(f"an estimate of {amount_units} units is beyond what the store can total")
 
-        def work() -> tuple[list[Standing], bool]:
-            counters = self._ensure_counters(targets)
-            standings = self._standings(targets, counters)
-            if self._sql(f"SELECT 1 FROM {_HOLD} WHERE call_id = ?", (call_id,)).fetchone():
-                return standings, True
+        def work() -> tuple[list[Standing], Reservation]:
+            held, recorded = self._call_state(call_id)
+            ids, rows = self._ensure_counters(targets)
+            standings = self._standings(targets, ids, rows)
+            if held:
+                return standings, Reservation.HELD
+            if recorded:
+                return standings, Reservation.RECORDED
             if not decide(standings):
-                return standings, False
+                return standings, Reservation.DENIED
             if amount_units and targets:
-                ids = sorted(counters[t.policy_id][0] for t in targets)
+                self._check_range(rows, ids.values(), amount_units, reserved=True)
+                counter_ids = sorted(ids[t.policy_id] for t in targets)
                 self._sql(
-                    f"UPDATE {_COUNTER} SET reserved_units = reserved_units + ? WHERE id IN ({self._marks(len(ids))})",
-                    [amount_units, *ids],
+                    f"UPDATE {_COUNTER} SET reserved_units = reserved_units + ? "
+                    f"WHERE id IN ({self._marks(len(counter_ids))})",
+                    [amount_units, *counter_ids],
                 )
-                rows = [
-                    (call_id, counters[t.policy_id][0], t.policy_id, amount_units, self._dt(now), self._dt(expires_at))
+                values = [
+                    (call_id, ids[t.policy_id], t.policy_id, amount_units, self._dt(now), self._dt(expires_at))
                     for t in targets
                 ]
                 self._sql(
                     f"INSERT INTO {_HOLD} (call_id, counter_id, policy_id, amount_units, created_at, expires_at) "
-                    f"VALUES {', '.join('(?, ?, ?, ?, ?, ?)' for _ in rows)}",
-                    [v for row in rows for v in row],
+                    f"VALUES {', '.join('(?, ?, ?, ?, ?, ?)' for _ in values)}",
+                    [v for row in values for v in row],
                 )
-            return standings, True
+            return standings, Reservation.HELD
 
         return run_in_transaction(self.db, work)
 
-    def _holds(self, where: str, params: Sequence[Any]) -> list[tuple[int, int, int, int]]:
-        """(hold id, counter id, policy id, amount) of matching holds, locked, in counter order."""
+    @staticmethod
+    def _check_range(
+        rows: dict[int, tuple[int, int, int]], counter_ids: Iterable[int], amount: int, reserved: bool = False
+    ) -> None:
+        for counter_id in counter_ids:
+            _, spent, held = rows[counter_id]
+            if (held if reserved else spent) + amount > MAX_STORED:
+                raise StoreRangeError(
+                    f"adding {amount} units to a counter already at {held if reserved else spent} units would "
+                    f"pass the store's exact range ({MAX_STORED} units)"
+                )
+
+    # -- holds ------------------------------------------------------------------------------
+
+    def _holds(self, where: str, params: Sequence[Any]) -> list[HoldRow]:
+        """Matching holds, locked, in counter order."""
         rows = self._sql(
-            f"SELECT id, counter_id, policy_id, amount_units FROM {_HOLD} WHERE {where} "
+            f"SELECT id, counter_id, policy_id, amount_units, created_at FROM {_HOLD} WHERE {where} "
             f"ORDER BY counter_id, id{self._lock}",
             params,
         ).fetchall()
-        return [(int(a), int(b), int(c), int(d)) for a, b, c, d in rows]
+        return [HoldRow(int(a), int(b), int(c), int(d), aware(e)) for a, b, c, d, e in rows]
 
-    def _drop_holds(self, holds: Sequence[tuple[int, int, int, int]], spent_units: int) -> set[int]:
-        """Turn holds into ``spent_units`` of spend on their counters and delete them."""
-        if not holds:
-            return set()
-        by_amount: dict[int, list[int]] = {}
-        for _, counter_id, _, amount in holds:
-            by_amount.setdefault(amount, []).append(counter_id)
-        if not self.sqlite:  # lock the counters in id order first, as reserve does: no deadlocks
-            ids = sorted({h[1] for h in holds})
-            self._sql(f"SELECT id FROM {_COUNTER} WHERE id IN ({self._marks(len(ids))}) ORDER BY id FOR UPDATE", ids)
-        for amount, counter_ids in sorted(by_amount.items()):
+    def _apply(self, deltas: dict[int, tuple[int, int]]) -> None:
+        """Add (reserved, spent) deltas to counters, one statement per distinct pair of deltas."""
+        by_delta: dict[tuple[int, int], list[int]] = {}
+        for counter_id, delta in deltas.items():
+            if delta != (0, 0):
+                by_delta.setdefault(delta, []).append(counter_id)
+        for (reserved, spent), counter_ids in sorted(by_delta.items()):
+            counter_ids.sort()
             self._sql(
-                f"UPDATE {_COUNTER} SET reserved_units = reserved_units - ?, spent_units = spent_units + ? "
+                f"UPDATE {_COUNTER} SET reserved_units = reserved_units + ?, spent_units = spent_units + ? "
                 f"WHERE id IN ({self._marks(len(counter_ids))})",
-                [amount, spent_units, *counter_ids],
+                [reserved, spent, *counter_ids],
             )
-        ids = [h[0] for h in holds]
+
+    def _delete_holds(self, holds: Sequence[HoldRow]) -> None:
+        ids = [h.id for h in holds]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             self._sql(f"DELETE FROM {_HOLD} WHERE id IN ({self._marks(len(chunk))})", chunk)
-        return {h[2] for h in holds}
 
-    # -- settle, release, expire ------------------------------------------------------------
+    def _release(self, holds: Sequence[HoldRow]) -> None:
+        """Give back exactly what each hold held, on the counter it was taken on, and delete the holds."""
+        if not holds:
+            return
+        deltas: dict[int, tuple[int, int]] = {}
+        for hold in holds:
+            reserved, spent = deltas.get(hold.counter_id, (0, 0))
+            deltas[hold.counter_id] = (reserved - hold.amount_units, spent)
+        self._lock_ids(deltas)  # in id order, as every writer does: no deadlocks
+        self._apply(deltas)
+        self._delete_holds(holds)
+
+    # -- settle, release, expire, renew -----------------------------------------------------
 
     def usage_row(self, call_id: str) -> dict[str, Any] | None:
         row = self._sql(f"SELECT {', '.join(USAGE_COLUMNS)} FROM {_USAGE} WHERE call_id = ?", (call_id,)).fetchone()
         return dict(zip(USAGE_COLUMNS, row, strict=True)) if row else None
+
+    def held_units(self, call_id: str) -> int | None:
+        """What the call holds on each of its policies (its estimate), or None when it holds nothing."""
+        row = self._sql(f"SELECT MAX(amount_units) FROM {_HOLD} WHERE call_id = ?", (call_id,)).fetchone()
+        return int(row[0]) if row and row[0] is not None else None
 
     def settle(
         self,
         call_id: str,
         cost_units: int,
         usage: dict[str, Any],
-        targets: Callable[[], Sequence[Target]],
+        targets: Callable[[datetime], Sequence[Target]],
     ) -> Settlement:
         """Record a call's usage once and turn its holds into spend, in one transaction.
 
-        When the call has no holds (never reserved, or they expired), its cost is
-        added to the policies ``targets()`` returns. A second call with the same
-        ``call_id`` changes nothing and returns the first record. The settlement
-        carries the standings of the touched policies after the spend, for
-        threshold announcements.
+        The cost is charged to the window that admitted the call (see the class
+        docstring): ``targets(moment)`` gives the policies matching the call at that
+        moment, and each of their counters for that window gets the cost; the call's
+        holds are released from the counters they were taken on. A second call with
+        the same ``call_id`` changes nothing and returns the first record. The
+        settlement carries the standings of the charged policies after the spend,
+        for threshold announcements.
         """
         if cost_units < 0:
             raise ValueError(f"cost must not be negative, got {cost_units} units")
+        if cost_units > MAX_STORED:
+            raise StoreRangeError(f"a cost of {cost_units} units is beyond what the store can total")
         row = {**usage, "call_id": call_id, "cost_units": cost_units}
         missing = [c for c in USAGE_COLUMNS if c not in row]
         if missing:
@@ -333,28 +518,30 @@ class Ledger:
             # A concurrent settle of this call waits here. A repeated one finds no holds
             # and fails on the unique call_id below, which rolls all of this back.
             holds = self._holds("call_id = ?", (call_id,))
-            current = list(targets())
-            if holds:
-                touched = self._drop_holds(holds, cost_units)
-            else:
-                counters = self._ensure_counters(current)
-                ids = sorted(c[0] for c in counters.values())
-                if ids and cost_units:
-                    self._sql(
-                        f"UPDATE {_COUNTER} SET spent_units = spent_units + ? WHERE id IN ({self._marks(len(ids))})",
-                        [cost_units, *ids],
-                    )
-                touched = set(counters)
-            values = [row[c] for c in USAGE_COLUMNS]
-            values[USAGE_COLUMNS.index("recorded_at")] = self._dt(aware(row["recorded_at"]))
+            moment = min(h.created_at for h in holds) if holds else aware(row["recorded_at"])
+            current = list(targets(moment))
+            ids, rows = self._ensure_counters(current, also_lock=[h.counter_id for h in holds])
+            deltas: dict[int, tuple[int, int]] = {}
+            for hold in holds:
+                reserved, spent = deltas.get(hold.counter_id, (0, 0))
+                deltas[hold.counter_id] = (reserved - hold.amount_units, spent)
+            if cost_units:
+                self._check_range(rows, ids.values(), cost_units)
+                for counter_id in ids.values():
+                    reserved, spent = deltas.get(counter_id, (0, 0))
+                    deltas[counter_id] = (reserved, spent + cost_units)
+            self._apply(deltas)
+            self._delete_holds(holds)
+            stored = {**row, "recorded_at": naive(moment)}
+            values = [stored[c] for c in USAGE_COLUMNS]
+            values[USAGE_COLUMNS.index("recorded_at")] = self._dt(moment)
             self._sql(
                 f"INSERT INTO {_USAGE} ({', '.join(USAGE_COLUMNS)}) VALUES ({self._marks(len(USAGE_COLUMNS))})",
                 values,
             )
-            self._roll_up(row)
-            after = [t for t in current if t.policy_id in touched]
-            standings = self._standings(after, self._lock_counters(after)) if after else []
-            return Settlement(row, True, tuple(standings))
+            self._roll_up(stored)
+            after = self._standings(current, ids, self._lock_ids(ids.values())) if current else []
+            return Settlement(stored, True, tuple(after))
 
         try:
             return run_in_transaction(self.db, work)
@@ -367,7 +554,11 @@ class Ledger:
             return Settlement(first, False)
 
     def _roll_up(self, row: dict[str, Any]) -> None:
-        """Add the usage row to its hourly bucket (an upsert, in the settling transaction)."""
+        """Add the usage row to its hourly bucket (an upsert, in the settling transaction).
+
+        On SQLite the upsert returns the new sums, so a total that left the exact
+        integer range (SQLite would silently make it a REAL) fails the transaction.
+        """
         hour = self._dt(aware(row["recorded_at"]).replace(minute=0, second=0, microsecond=0))
         sums = [1, row["cost_units"], *(row[c] for c in TOKEN_FIELDS)]
         rows = [[row["tenant"], "*", "", hour, *sums]]
@@ -380,14 +571,23 @@ class Ledger:
         else:
             update = ", ".join(f"{c} = {_ROLLUP}.{c} + excluded.{c}" for c in _ROLLUP_SUMS)
             tail = f"ON CONFLICT ({', '.join(_ROLLUP_KEYS)}) DO UPDATE SET {update}"
-        self._sql(f"INSERT INTO {_ROLLUP} ({columns}) VALUES {marks} {tail}", [v for r in rows for v in r])
+        if self.sqlite:
+            tail += f" RETURNING {', '.join(_ROLLUP_SUMS)}"
+        cursor = self._sql(f"INSERT INTO {_ROLLUP} ({columns}) VALUES {marks} {tail}", [v for r in rows for v in r])
+        if self.sqlite:
+            for values in cursor.fetchall():
+                if any(not isinstance(v, int) or v > MAX_STORED for v in values):
+                    raise StoreRangeError(
+                        f"recording this call would take an hourly total past the store's exact range "
+                        f"({MAX_STORED} units or tokens)"
+                    )
 
     def release(self, call_id: str) -> int:
         """Drop a call's holds without spend (the call failed or was blocked elsewhere)."""
 
         def work() -> int:
             holds = self._holds("call_id = ?", (call_id,))
-            self._drop_holds(holds, 0)
+            self._release(holds)
             return len(holds)
 
         return run_in_transaction(self.db, work)
@@ -397,10 +597,70 @@ class Ledger:
 
         def work() -> int:
             holds = self._holds("expires_at <= ?", (self._dt(now),))
-            self._drop_holds(holds, 0)
+            self._release(holds)
             return len(holds)
 
         return run_in_transaction(self.db, work)
+
+    def renew(self, call_ids: Sequence[str], expires_at: datetime) -> int:
+        """Push the expiry of the holds of calls still in progress to ``expires_at``; returns holds renewed."""
+        if not call_ids:
+            return 0
+
+        def work() -> int:
+            renewed = 0
+            for start in range(0, len(call_ids), 500):
+                chunk = list(call_ids[start : start + 500])
+                cursor = self._sql(
+                    f"UPDATE {_HOLD} SET expires_at = ? WHERE call_id IN ({self._marks(len(chunk))}) "
+                    "AND expires_at < ?",
+                    [self._dt(expires_at), *chunk, self._dt(expires_at)],
+                )
+                renewed += max(0, cursor.rowcount)
+            return renewed
+
+        return run_in_transaction(self.db, work)
+
+    def reset_policy(self, policy_id: int, target_at: Callable[[datetime], Target], now: datetime) -> None:
+        """Rebuild a policy's counters after its scope, period or timezone changed.
+
+        The old counters counted other calls, so they are dropped; the counter of
+        the current window (and, for rolling windows, of every hour in it) starts
+        from the spend recorded in its span under the new scope, and the holds of
+        calls in flight move onto the counter of the window that admitted them.
+        """
+
+        def work() -> None:
+            holds = self._holds("policy_id = ?", (policy_id,))
+            self._sql(f"DELETE FROM {_COUNTER} WHERE policy_id = ?", (policy_id,))
+            current = target_at(now)
+            wanted = {current.key: current}
+            if current.period.is_rolling:
+                hour = current.window_start
+                while hour < current.window_end:
+                    wanted.setdefault(hour, replace(current, counter_start=hour))
+                    hour += _HOUR
+            by_hold = {h.id: target_at(h.created_at) for h in holds}
+            for target in by_hold.values():
+                wanted.setdefault(target.key, target)
+            self._create_counters(list(wanted.values()))
+            keys = sorted(wanted)
+            rows = self._sql(
+                f"SELECT id, window_start FROM {_COUNTER} WHERE policy_id = ? AND window_start IN "
+                f"({self._marks(len(keys))})",
+                [policy_id, *(self._dt(k) for k in keys)],
+            ).fetchall()
+            counter_of = {aware(start): int(counter_id) for counter_id, start in rows}
+            deltas: dict[int, tuple[int, int]] = {}
+            for hold in holds:
+                counter_id = counter_of[by_hold[hold.id].key]
+                reserved, _ = deltas.get(counter_id, (0, 0))
+                deltas[counter_id] = (reserved + hold.amount_units, 0)
+                self._sql(f"UPDATE {_HOLD} SET counter_id = ? WHERE id = ?", (counter_id, hold.id))
+            self._lock_ids(deltas)
+            self._apply(deltas)
+
+        run_in_transaction(self.db, work)
 
     def outstanding_units(self) -> int:
         """Total held across all counters (0 once every call has ended)."""

@@ -61,13 +61,43 @@ def test_verdict_details_and_no_policy(services: BudgetServices, host: pluggy.Pl
     assert verdict.details["estimated_cost"] > 0
 
 
-def test_tick_expires_reservations(
+def test_tick_expires_reservations_of_calls_no_process_renews(
     services: BudgetServices, host: pluggy.PluginManager, admin: Actor, clock: FakeClock
 ) -> None:
     services.policies.create_policy(admin, {"name": "all", "period": "day", "limit": "10"})
     host.hook.pre_llm_call(call=call(1))
     assert services.ledger.outstanding_units() > 0
-    host.hook.on_period_tick(now=clock.now + timedelta(seconds=601))
+    # The process that took the hold is gone: another process's tick reclaims it after the TTL.
+    other = BudgetPlugin(services)
+    other.on_period_tick(clock.now + timedelta(seconds=599))
+    assert services.ledger.outstanding_units() > 0
+    other.on_period_tick(clock.now + timedelta(seconds=601))
+    assert services.ledger.outstanding_units() == 0
+
+
+def test_holds_of_calls_in_progress_are_renewed(
+    services: BudgetServices, host: pluggy.PluginManager, admin: Actor, clock: FakeClock
+) -> None:
+    services.policies.create_policy(admin, {"name": "all", "period": "day", "limit": "10"})
+    host.hook.pre_llm_call(call=call(1))
+    held = services.ledger.outstanding_units()
+    for _ in range(5):  # a stream open for 50 minutes, five times the reservation_ttl of 600 s
+        clock.advance(seconds=590)
+        host.hook.on_period_tick(now=clock.now)
+        BudgetPlugin(services).on_period_tick(clock.now)  # other processes expire what nobody renews
+        assert services.ledger.outstanding_units() == held
+    host.hook.post_llm_call(call=call(1), usage=LLMUsage(input_tokens=10, output_tokens=10), error=None)
+    assert services.ledger.outstanding_units() == 0
+
+
+def test_forgotten_calls_stop_being_renewed(
+    services: BudgetServices, host: pluggy.PluginManager, admin: Actor, clock: FakeClock, monkeypatch: Any
+) -> None:
+    services.policies.create_policy(admin, {"name": "all", "period": "day", "limit": "10"})
+    host.hook.pre_llm_call(call=call(1))
+    monkeypatch.setattr(plugin_module, "MAX_OPEN_SECONDS", -1)  # the call has been open "too long"
+    clock.advance(seconds=700)
+    host.hook.on_period_tick(now=clock.now)
     assert services.ledger.outstanding_units() == 0
 
 
