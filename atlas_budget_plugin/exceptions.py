@@ -21,8 +21,10 @@ class ValidationError(BudgetError, ValueError):
         """One message listing every invalid field of ``what`` (e.g. a policy) and why."""
         parts = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or what
-            parts.append(f"{key}: {str(err['msg']).removeprefix('Value error, ')}")
+            key = ".".join(str(p) for p in err["loc"])
+            message = str(err["msg"]).removeprefix("Value error, ")
+            # A whole-object check (empty location) already names its field in the message.
+            parts.append(f"{key}: {message}" if key else message)
         return cls(f"invalid {what}: " + "; ".join(parts))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, ValidationInfo
 
 #: Store scale: one unit is 10**-9 of the currency. A million-token price of
 #: $0.01 is 10 units per token, and a signed 64-bit sum still holds $9.2 billion.
@@ -60,7 +60,7 @@ def parse_money(value: Any, field: str = "amount") -> Decimal:
     if not result.is_finite():
         raise ValueError(f"{field} must be a finite amount, got {value!r}")
     if abs(result) >= MAX_AMOUNT:
-        raise ValueError(f"{field} {value!r} is too large; amounts must stay below {MAX_AMOUNT:,}")
+        raise ValueError(f"{field} {str(value)[:40]!r} is too large; amounts must stay below {MAX_AMOUNT:,}")
     if result != quantize(result):
         raise ValueError(
             f"{field} has more than {SCALE} decimal places ({value!r}); the store keeps money to "
@@ -69,8 +69,9 @@ def parse_money(value: Any, field: str = "amount") -> Decimal:
     return result
 
 
-def _money_validator(value: Any) -> Decimal:
-    return parse_money(value, "amount")
+def _money_validator(value: Any, info: ValidationInfo) -> Decimal:
+    # The field's own name in the message ("limit", "rollover_cap"), not a generic "amount".
+    return parse_money(value, info.field_name or "amount")
 
 
 #: Pydantic field type for money: Decimal, never from a float.

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from hookspecs import LLMCall
 
-from .money import Money
-from .periods import parse_period, parse_timezone
+from .exceptions import ValidationError
+from .money import MAX_AMOUNT, Money, parse_money
+from .periods import Period, parse_period, parse_timezone
 
 Enforcement = Literal["block", "soft_block", "warn", "degrade"]
 Role = Literal["budget:read", "budget:write", "budget:admin"]
@@ -29,6 +33,235 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+# --- bounds of what enters through the API -------------------------------------------------
+# Checked where a value enters (model validators, service entry points), so a value the store
+# cannot hold is refused with one clear message before anything is written, never by the
+# database halfway through a change. Text lengths mirror the columns in store/models.py.
+
+#: Longest tenant, actor id, policy name and call id (VARCHAR(200) columns).
+MAX_TEXT = 200
+#: Longest value of each call field, as the usage table stores it.
+CALL_FIELD_LENGTHS = {"actor": 200, "provider": 100, "model": 200, "operation": 50, "category": 100}
+#: Longest canonical scope text (the policy table's ``scope_key`` column).
+MAX_SCOPE_KEY = 500
+#: Longest tag name and tag value, and most tags, on a call or in a scope (kept as JSON text).
+MAX_TAG_NAME, MAX_TAG_VALUE, MAX_TAGS, MAX_TAGS_JSON = 100, 1000, 50, 16_000
+#: Policy priorities: enough room to order any set of policies, far inside a 32-bit column.
+MAX_PRIORITY = 1_000_000
+#: Largest id the store hands out (signed 64-bit); larger or negative ids cannot exist.
+MAX_ID = 2**63 - 1
+#: Longest rolling window: a leap year of hourly counters.
+MAX_ROLLING_HOURS = 366 * 24
+#: Most token or unit count one call may report (a trillion); sums of many still fit 64 bits.
+MAX_COUNT = 10**12
+#: Longest error text and price source kept with a usage record.
+MAX_ERROR, MAX_PRICE_SOURCE = 2000, 200
+#: Most buckets one trend report returns, and most records one ``list_usage`` page returns.
+MAX_TREND_PERIODS, MAX_LIST_LIMIT = 1000, 10_000
+#: Moments the reports accept for ``now`` and ranges (window arithmetic must stay inside datetime's range).
+MIN_MOMENT = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MAX_MOMENT = datetime(9000, 1, 1, tzinfo=timezone.utc)
+
+
+def check_text(value: str, field: str, max_length: int, min_length: int = 0) -> str:
+    """``value`` if the store can keep it: no NUL, no lone surrogate, ``min_length``..``max_length`` characters."""
+    if not isinstance(value, str):
+        raise ValueError(f"{field} must be text, got {type(value).__name__} {value!r}"[:300])
+    if "\x00" in value:
+        raise ValueError(f"{field} contains a NUL character (\\x00), which the store cannot keep; remove it")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{field} contains a lone surrogate ({value[exc.start]!r} at position {exc.start}), which is not "
+            "valid Unicode text; pass well-formed text"
+        ) from None
+    if not min_length <= len(value) <= max_length:
+        size = str(max_length) if min_length == max_length else f"{min_length} to {max_length}"
+        raise ValueError(
+            f"{field} must have {size} characters, got {len(value)}"
+            + (f" ({value[:40]!r}...)" if len(value) > 40 else f" ({value!r})")
+        )
+    return value
+
+
+def check_count(value: Any, field: str, maximum: int = MAX_COUNT) -> int:
+    """A whole number from 0 to ``maximum`` (bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{field} must be a whole number from 0 to {maximum:,}, got {value!r}"[:300])
+    if not 0 <= value <= maximum:
+        raise ValueError(f"{field} must be a whole number from 0 to {maximum:,}, got {value}"[:300])
+    return value
+
+
+def bounded_period(value: str) -> Period:
+    """Parse a period name, refusing rolling windows longer than :data:`MAX_ROLLING_HOURS`."""
+    check_text(value, "period", 64, min_length=1)
+    text = value.strip().lower()
+    match = _ROLLING_COUNT.match(text)
+    # The count is checked before parsing so a 30-digit count cannot overflow window arithmetic.
+    if match and (
+        len(match.group(1)) > 7 or int(match.group(1)) * (24 if match.group(2) == "d" else 1) > MAX_ROLLING_HOURS
+    ):
+        raise ValueError(
+            f"rolling window {value!r} is too long; allowed: 1h to {MAX_ROLLING_HOURS}h ({MAX_ROLLING_HOURS // 24}d)"
+        )
+    return parse_period(value)
+
+
+_ROLLING_COUNT = re.compile(r"^(?:rolling:)?(\d+)([hd])$")
+
+
+def is_store_id(value: Any, what: str) -> bool:
+    """True when ``value`` can be an id in the store (1..2**63-1); a non-integer is a ValidationError.
+
+    Out-of-range ids are simply not found: the services answer NotFoundError, as for any missing id.
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{what} must be a whole number, got {type(value).__name__} {value!r}"[:300])
+    return 1 <= value <= MAX_ID
+
+
+def check_moment(value: Any, field: str) -> datetime:
+    """A timezone-aware datetime from 1970 to 9000 (reports and ranges)."""
+    if not isinstance(value, datetime):
+        raise ValidationError(f"{field} must be a datetime, got {type(value).__name__} {value!r}"[:300])
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValidationError(f"{field} must be timezone-aware, e.g. 2026-03-01T00:00+00:00, got {value}")
+    if not MIN_MOMENT <= value < MAX_MOMENT:
+        raise ValidationError(
+            f"{field} must be from {MIN_MOMENT:%Y-%m-%d} to before {MAX_MOMENT:%Y-%m-%d}, got {value}"
+        )
+    return value
+
+
+def scope_arg(scope: Any, what: str = "scope") -> Scope:
+    """A scope given to a service (Scope, dict or None) as a Scope; a bad one is one ValidationError."""
+    if isinstance(scope, Scope):
+        return scope
+    try:
+        return Scope.model_validate(scope or {})
+    except pydantic.ValidationError as exc:
+        raise ValidationError.from_pydantic(exc, what) from None
+
+
+def policy_filters(filters: dict[str, Any] | None) -> dict[str, Any]:
+    """``list_policies`` filters with each value validated (and normalised) as the policy field it names."""
+    if not filters:
+        return {}
+    allowed = ", ".join(Policy.model_fields)
+    template = Policy(name="filter", limit=Decimal(1))
+    checked = {}
+    for key, value in filters.items():
+        if key not in Policy.model_fields:
+            raise ValidationError(f"unknown policy filter {str(key)[:100]!r}; allowed: {allowed}")
+        try:
+            setattr(template, key, value)  # validate_assignment runs the field's own checks
+        except pydantic.ValidationError as exc:
+            raise ValidationError.from_pydantic(exc, "policy filter") from None
+        checked[key] = getattr(template, key)
+    return checked
+
+
+def check_zone(name: Any) -> str:
+    """An IANA timezone name given to a report (ValidationError naming the fix otherwise)."""
+    try:
+        parse_timezone(check_text(name, "timezone", 64, min_length=1))
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+    return str(name)
+
+
+def check_number(value: Any, field: str, low: int, high: int) -> int:
+    """A whole number from ``low`` to ``high`` given to a service (ValidationError with the range otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationError(f"{field} must be a whole number from {low:,} to {high:,}, got {value!r}"[:300])
+    return value
+
+
+def _tags(tags: Any, what: str) -> None:
+    if len(tags) > MAX_TAGS:
+        raise ValueError(f"{what} has {len(tags)} tags; at most {MAX_TAGS} are allowed")
+    for name, tag in tags.items():
+        check_text(name, f"{what} tag name", MAX_TAG_NAME, min_length=1)
+        check_text(tag, f"{what} tag {name!r}", MAX_TAG_VALUE)
+    # Tags are kept as JSON text (\\u-escaped), which must fit a MySQL TEXT column (64 KiB).
+    written = len(json.dumps(dict(tags), sort_keys=True))
+    if written > MAX_TAGS_JSON:
+        raise ValueError(f"{what} tags take {written} characters as JSON; at most {MAX_TAGS_JSON} are allowed")
+
+
+def check_call(call: LLMCall) -> None:
+    """Refuse a call the store cannot record: NUL, lone surrogates, too-long fields, absurd token counts.
+
+    Raises ValidationError naming the field; the host contract (``hookspecs``) checks types and signs.
+    """
+    try:
+        check_text(call.call_id, "LLMCall.call_id", MAX_TEXT, min_length=1)
+        check_text(call.tenant, "LLMCall.tenant", MAX_TEXT, min_length=1)
+        for name, length in CALL_FIELD_LENGTHS.items():
+            value = getattr(call, name)
+            if value is not None:
+                check_text(value, f"LLMCall.{name}", length)
+        _tags(call.tags, "LLMCall")
+        for name in ("input_tokens", "max_output_tokens"):
+            if getattr(call, name) is not None:
+                check_count(getattr(call, name), f"LLMCall.{name}")
+        if call.estimated_cost is not None:
+            parse_money(call.estimated_cost, "LLMCall.estimated_cost")
+    except ValueError as exc:
+        raise ValidationError(f"{exc} (call {call.call_id[:80]!r})") from None
+
+
+def check_cost(amount: Any, field: str = "cost") -> Decimal:
+    """A cost or estimate as a Decimal from 0 to below MAX_AMOUNT (NaN, Infinity, negative and huge are refused)."""
+    try:
+        value = parse_money(amount, field)
+    except (ValueError, ArithmeticError) as exc:
+        raise ValidationError(f"{exc}; allowed: 0 to below {MAX_AMOUNT:,}") from None
+    if value < 0:
+        raise ValidationError(f"{field} must not be negative, got {value}; allowed: 0 to below {MAX_AMOUNT:,}")
+    return value
+
+
+def usage_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """Checked usage metadata for ``record_usage``: every field bounded, units as Decimals.
+
+    Everything is checked before anything is written, so a refused record leaves no row.
+    """
+    data = dict(metadata or {})
+    unknown = set(data) - set(TOKEN_FIELDS) - {"price_source", "error", "units"}
+    if unknown:
+        raise ValidationError(
+            f"unknown usage metadata {sorted(map(str, unknown))}; allowed: {', '.join(TOKEN_FIELDS)}, "
+            "price_source, error, units"[:500]
+        )
+    try:
+        checked: dict[str, Any] = {name: check_count(data.get(name, 0), name) for name in TOKEN_FIELDS}
+        checked["price_source"] = check_text(data.get("price_source", "caller"), "price_source", MAX_PRICE_SOURCE, 1)
+        error = data.get("error")
+        checked["error"] = None if error is None else check_text(error, "error", MAX_ERROR)
+        units = data.get("units") or {}
+        if not isinstance(units, dict) or len(units) > MAX_TAGS:
+            raise ValueError(f"units must map at most {MAX_TAGS} unit names to amounts, got {units!r}"[:300])
+        checked["units"] = {
+            check_text(name, "unit name", MAX_TAG_NAME, min_length=1): _unit_amount(name, amount)
+            for name, amount in units.items()
+        }
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+    return checked
+
+
+def _unit_amount(name: str, amount: Any) -> Decimal:
+    if isinstance(amount, bool) or not isinstance(amount, (int, Decimal)):
+        raise ValueError(f"units[{name!r}] must be an int or a Decimal, got {amount!r}"[:300])
+    value = Decimal(amount)
+    if not value.is_finite() or not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"units[{name!r}] must be a finite amount from 0 to {MAX_COUNT:,}, got {amount}")
+    return value
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -41,6 +274,12 @@ class Actor(_Frozen):
     roles: frozenset[Role] = frozenset()
 
     SYSTEM_ID: ClassVar[str] = "system"
+
+    @field_validator("id", "tenant")
+    @classmethod
+    def _text(cls, value: str, info: ValidationInfo) -> str:
+        # The actor's id is written to the audit trail and its tenant to every row it touches.
+        return check_text(value, f"actor {info.field_name}", MAX_TEXT, min_length=1)
 
     @classmethod
     def system(cls, tenant: str = "default") -> Actor:
@@ -82,9 +321,24 @@ class Scope(_Frozen):
             tags[name] = data.pop(key)
         unknown = [k for k in data if k not in SCOPE_KEYS]
         if unknown:
-            raise ValueError(f"unknown scope key {unknown[0]!r}; allowed: {', '.join(SCOPE_KEYS)}, tag.<name>")
+            raise ValueError(
+                f"unknown scope key {str(unknown[0])[:100]!r}; allowed: {', '.join(SCOPE_KEYS)}, tag.<name>"
+            )
         data["tags"] = tags
         return data
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Scope:
+        # A scope key longer than its usage column could never match a call; the whole scope's
+        # canonical text is a column of its own.
+        for key in SCOPE_KEYS:
+            value = getattr(self, key)
+            if value is not None:
+                check_text(value, f"scope {key}", CALL_FIELD_LENGTHS.get(key, MAX_TAG_VALUE))
+        _tags(self.tags, "scope")
+        if len(self.key()) > MAX_SCOPE_KEY:
+            raise ValueError(f"the scope is {len(self.key())} characters written out; at most {MAX_SCOPE_KEY} allowed")
+        return self
 
     def matches(self, call: LLMCall) -> bool:
         """True when ``call`` falls inside this scope."""
@@ -119,47 +373,62 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    id: int | None = None
-    name: str = Field(min_length=1, max_length=200)
-    tenant: str = Field(default="default", min_length=1)
+    id: int | None = Field(default=None, ge=1, le=MAX_ID)
+    name: str = Field(min_length=1, max_length=MAX_TEXT)
+    tenant: str = Field(default="default", min_length=1, max_length=MAX_TEXT)
     scope: Scope = Field(default_factory=Scope)
     period: str = "month"
     timezone: str = "UTC"
     limit: Money
     currency: str = Field(default="USD", min_length=3, max_length=3)
     enforcement: Enforcement | None = None
-    thresholds: list[int] = Field(default_factory=lambda: [50, 80, 100])
+    thresholds: list[int] = Field(default_factory=lambda: [50, 80, 100], max_length=20)
     rollover_cap: Money = Decimal(0)
-    alternatives: list[str] = Field(default_factory=list)
+    alternatives: list[str] = Field(default_factory=list, max_length=20)
     enabled: bool = True
-    priority: int = 0
-    version: int = 0
+    priority: int = Field(default=0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
+    version: int = Field(default=0, ge=0, le=2**31 - 1)
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
-    @field_validator("period")
+    @field_validator("name", "tenant", "currency", mode="before")
     @classmethod
-    def _period(cls, value: str) -> str:
-        return parse_period(value).name
+    def _text(cls, value: Any, info: ValidationInfo) -> Any:
+        low, high = (3, 3) if info.field_name == "currency" else (1, MAX_TEXT)
+        return check_text(value, info.field_name or "text", high, low) if isinstance(value, str) else value
 
-    @field_validator("timezone")
+    @field_validator("alternatives")
     @classmethod
-    def _timezone(cls, value: str) -> str:
-        parse_timezone(value)
+    def _alternatives(cls, value: list[str]) -> list[str]:
+        for model in value:
+            check_text(model, "alternative model", CALL_FIELD_LENGTHS["model"], min_length=1)
+        return value
+
+    @field_validator("period", mode="before")
+    @classmethod
+    def _period(cls, value: Any) -> Any:
+        return bounded_period(value).name if isinstance(value, str) else value
+
+    @field_validator("timezone", mode="before")
+    @classmethod
+    def _timezone(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            check_text(value, "timezone", 64, min_length=1)
+            parse_timezone(value)
         return value
 
     @field_validator("limit")
     @classmethod
     def _limit(cls, value: Decimal) -> Decimal:
         if value <= 0:
-            raise ValueError(f"limit must be greater than 0, got {value}")
+            raise ValueError(f"limit must be greater than 0 and below {MAX_AMOUNT:,}, got {value}")
         return value
 
     @field_validator("rollover_cap")
     @classmethod
     def _cap(cls, value: Decimal) -> Decimal:
         if value < 0:
-            raise ValueError(f"rollover_cap must not be negative, got {value}")
+            raise ValueError(f"rollover_cap must not be negative (allowed: 0 to below {MAX_AMOUNT:,}), got {value}")
         return value
 
     @field_validator("currency")

@@ -11,7 +11,7 @@ from typing import Any
 import peewee as pw
 
 from ..money import from_units, to_units
-from ..types import Policy, Scope
+from ..types import MAX_ID, Policy, Scope
 from .database import is_sqlite, write_transaction
 from .ledger import aware, naive
 from .models import AuditEntry, Hold, Meta, PolicyRow, SpendCounter, ThresholdMark
@@ -85,6 +85,8 @@ class PolicyRepository:
         self._cache.clear()  # this process sees its own changes at once
 
     def get(self, tenant: str, policy_id: int) -> Policy | None:
+        if not 1 <= policy_id <= MAX_ID:  # no such row can exist, and the driver would overflow on it
+            return None
         row = PolicyRow.get_or_none((PolicyRow.tenant == tenant) & (PolicyRow.id == policy_id))
         return to_policy(row) if row else None
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import pydantic
 import pytest
 
 from atlas_budget_plugin import BudgetServices
@@ -272,3 +273,113 @@ def test_abandoned_reservation_expires_and_late_usage_still_counts(
     spend(services, abandoned, "0.50")  # the host called back after all
     decision = services.policies.check_budget(call(cost="0.60"))
     assert not decision.allowed and decision.standings[0].spent == Decimal("0.50")
+
+
+# -- bounds on what enters (issue #11) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "text"),
+    [
+        (policy(priority=10**20), "priority: Input should be less than or equal to 1000000"),
+        (policy(priority=-(10**20)), "priority: Input should be greater than or equal to -1000000"),
+        (policy(thresholds=[10**20]), "thresholds are percents between 1 and 1000"),
+        (policy(thresholds=list(range(1, 30))), "thresholds: List should have at most 20 items"),
+        (policy(limit="1e30"), "limit '1e30' is too large; amounts must stay below 1,000,000,000"),
+        (policy(limit="NaN"), "limit must be a finite amount"),
+        (policy(rollover_cap="Infinity"), "rollover_cap must be a finite amount"),
+        (policy(name="x" * 201), "name: name must have 1 to 200 characters, got 201"),
+        (policy(name=""), r"name: name must have 1 to 200 characters, got 0 \(''\)"),
+        (policy(currency="EURO"), "currency: currency must have 3 characters, got 4"),
+        (policy(name="bad\x00name"), r"name contains a NUL character \(\\x00\)"),
+        (policy(name="bad\ud800"), "name contains a lone surrogate"),
+        (policy(scope={"actor": "a" * 201}), "scope actor must have 0 to 200 characters, got 201"),
+        (policy(scope={"operation": "o" * 51}), "scope operation must have 0 to 50 characters"),
+        (policy(scope={"tag.env": "\x00"}), "scope tag 'env' contains a NUL character"),
+        (policy(scope={"team": "t" * 300, "project": "p" * 300}), "at most 500 allowed"),
+        (policy(period="rolling:100000000h"), r"too long; allowed: 1h to 8784h \(366d\)"),
+        (policy(period="rolling:99999999999999999999d"), "too long; allowed: 1h to 8784h"),
+        (policy(timezone="x" * 10_000), "timezone must have 1 to 64 characters"),
+        (policy(timezone="UTC\x00"), "timezone contains a NUL character"),
+        (policy(alternatives=["m" * 201]), "alternative model must have 1 to 200 characters"),
+        (policy(currency="U\x00D"), "currency contains a NUL character"),
+    ],
+)
+def test_out_of_bounds_values_are_refused_before_anything_is_written(
+    services: BudgetServices, admin: Actor, data: dict[str, Any], text: str
+) -> None:
+    with pytest.raises(ValidationError, match=text):
+        services.policies.create_policy(admin, data)
+    assert services.policies.list_policies(admin) == []
+    assert services.policies.audit_trail(admin) == []
+
+
+def test_longest_accepted_values_are_stored_exactly(services: BudgetServices, admin: Actor) -> None:
+    data = policy(
+        name="n" * 200,
+        scope={"actor": "a" * 200, "tag.env": "名前🙂[/]%_'\"\\"},
+        priority=1_000_000,
+        period="rolling:366d",
+        limit="999999999.999999999",
+        rollover_cap="999999999.999999999",
+        thresholds=[1, 1000],
+    )
+    created = services.policies.create_policy(admin, data)
+    assert created.period == "rolling:366d" and created.priority == 1_000_000
+    assert services.policies.get_policy(admin, created.id or 0) == created
+    assert created.scope.actor == "a" * 200 and created.scope.tags == {"env": "名前🙂[/]%_'\"\\"}
+    assert created.limit == Decimal("999999999.999999999")
+
+
+@pytest.mark.parametrize("policy_id", [2**63, 2**63 - 1, 10**20, 0, -1, -(2**63) - 1])
+def test_ids_out_of_range_are_not_found(services: BudgetServices, admin: Actor, policy_id: int) -> None:
+    services.policies.create_policy(admin, policy())
+    trail = services.policies.audit_trail(admin)
+    for attempt in (
+        lambda: services.policies.get_policy(admin, policy_id),
+        lambda: services.policies.update_policy(admin, policy_id, {"limit": "1"}),
+        lambda: services.policies.delete_policy(admin, policy_id),
+    ):
+        with pytest.raises(NotFoundError, match=f"no policy with id {str(policy_id)[:30]} in tenant 'default'"):
+            attempt()
+    assert services.policies.audit_trail(admin) == trail
+
+
+def test_an_id_that_is_not_a_number_is_a_validation_error(services: BudgetServices, admin: Actor) -> None:
+    with pytest.raises(ValidationError, match="policy_id must be a whole number, got str '1'"):
+        services.policies.get_policy(admin, "1")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="policy_id must be a whole number, got bool"):
+        services.policies.get_policy(admin, True)
+
+
+def test_list_filters_name_the_allowed_keys_and_validate_values(services: BudgetServices, admin: Actor) -> None:
+    services.policies.create_policy(admin, policy())
+    with pytest.raises(ValidationError, match=r"unknown policy filter 'colour'; allowed: id, name, tenant, scope"):
+        services.policies.list_policies(admin, None, {"colour": "red"})
+    with pytest.raises(ValidationError, match="invalid policy filter: period: unknown period 'sometimes'"):
+        services.policies.list_policies(admin, None, {"period": "sometimes"})
+    with pytest.raises(ValidationError, match=r"invalid scope: scope actor contains a NUL character \(\\x00\)"):
+        services.policies.list_policies(admin, {"actor": "\x00"})
+    # Values are compared as the policy holds them: "DAY" is the period "day", "10" the limit 10.00.
+    assert [p.name for p in services.policies.list_policies(admin, None, {"period": "DAY", "limit": "10"})] == [
+        "alice-day"
+    ]
+
+
+def test_update_out_of_bounds_changes_nothing(services: BudgetServices, admin: Actor) -> None:
+    created = services.policies.create_policy(admin, policy())
+    trail = services.policies.audit_trail(admin)
+    for updates in ({"priority": 10**20}, {"name": "\x00"}, {"limit": "NaN"}, {"period": "rolling:9999999h"}):
+        with pytest.raises(ValidationError):
+            services.policies.update_policy(admin, created.id or 0, updates)
+    assert services.policies.get_policy(admin, created.id or 0) == created
+    assert services.policies.audit_trail(admin) == trail
+
+
+def test_actor_values_are_bounded_where_they_enter() -> None:
+    with pytest.raises(pydantic.ValidationError, match="actor id must have 1 to 200 characters, got 201"):
+        Actor(id="a" * 201)
+    with pytest.raises(pydantic.ValidationError, match="actor tenant contains a NUL character"):
+        Actor(id="a", tenant="t\x00")
+    with pytest.raises(pydantic.ValidationError, match="actor id contains a lone surrogate"):
+        Actor(id="\udc80")
