@@ -15,7 +15,7 @@ from hookspecs import LLMCall, LLMUsage
 
 from .bus import MessageBus
 from .exceptions import ValidationError
-from .money import from_units, parse_money, quantize, tidy, to_units
+from .money import from_units, quantize, tidy, to_units
 from .periods import Period, parse_period, previous_window, window
 from .permissions import BudgetPermissionChecker
 from .policy_service import MAX_TOKENS
@@ -45,11 +45,14 @@ from .types import (
     UsageRecord,
     UsageSummary,
     bounded_period,
+    check_call,
+    check_cost,
     check_moment,
     check_number,
     check_text,
     check_zone,
     scope_arg,
+    usage_metadata,
     utcnow,
 )
 
@@ -258,22 +261,10 @@ class BudgetTrackingService:
         Settles the call's reservation in the same transaction.
         """
         call = operation
-        try:
-            amount = parse_money(cost, "cost")
-        except ValueError as exc:
-            raise ValidationError(str(exc)) from None
-        if amount < 0:
-            raise ValidationError(f"cost must not be negative, got {amount} for call {call.call_id}")
-        metadata = dict(metadata or {})
-        unknown = set(metadata) - set(TOKEN_FIELDS) - {"price_source", "error", "units"}
-        if unknown:
-            raise ValidationError(
-                f"unknown usage metadata {sorted(unknown)}; allowed: {', '.join(TOKEN_FIELDS)}, price_source, error"
-            )
-        for name in TOKEN_FIELDS:
-            value = metadata.get(name, 0)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValidationError(f"{name} must be a whole number >= 0, got {value!r}")
+        # Everything is checked before anything is written: a refused record leaves no row.
+        check_call(call)
+        amount = check_cost(cost)
+        metadata = usage_metadata(metadata)
         now = recorded_at or self.clock()
         row = {
             "tenant": call.tenant,
@@ -283,10 +274,10 @@ class BudgetTrackingService:
             "operation": call.operation,
             "category": call.category,
             "tags_json": json.dumps(dict(call.tags), sort_keys=True),
-            **{name: metadata.get(name, 0) for name in TOKEN_FIELDS},
-            "units_json": json.dumps({k: str(v) for k, v in (metadata.get("units") or {}).items()}, sort_keys=True),
-            "price_source": metadata.get("price_source", "caller"),
-            "error": metadata.get("error"),
+            **{name: metadata[name] for name in TOKEN_FIELDS},
+            "units_json": json.dumps({k: str(v) for k, v in metadata["units"].items()}, sort_keys=True),
+            "price_source": metadata["price_source"],
+            "error": metadata["error"],
             "recorded_at": naive(now),
         }
         settled = self.ledger.settle(call.call_id, to_units(amount), row, lambda moment: self.targets(call, moment))
