@@ -16,7 +16,8 @@ from .money import from_units, to_units
 from .periods import Period, window
 from .permissions import BudgetPermissionChecker
 from .policy_service import BudgetPolicyService
-from .store.alerts import AlertRepository
+from .store.alerts import AlertRepository, InvalidStoredConfig
+from .store.database import STORE_ERRORS
 from .store.ledger import naive
 from .store.reports import UsageReports
 from .tracking_service import filter_for
@@ -28,12 +29,44 @@ Clock = Callable[[], datetime]
 
 #: A forecast needs this share of the period behind it before it may fire (less is noise).
 FORECAST_MIN_ELAPSED = Decimal("0.05")
+#: The longest snooze: a year ahead (to silence an alert for good, remove or disable it).
+MAX_SNOOZE = timedelta(days=365)
+#: Delivery states ``list_deliveries`` filters on; None means the two that need attention.
+DELIVERY_STATUSES = ("pending", "failed", "delivered")
 
 
 class Sinks(Protocol):
     def sink_names(self) -> list[str]: ...
 
     def deliver(self, alert: Alert, sink: str) -> None: ...
+
+
+def sink_problem(sinks: Sinks, name: str) -> str | None:
+    """What keeps the installed sink ``name`` from delivering (e.g. no URL set), or None.
+
+    A sink says so with an optional plain function ``sink_problem() -> str | None`` on its
+    plugin object (see docs/writing-a-sink.md); sinks without one are taken as ready.
+    """
+    check = getattr(sinks, "sink_problem", None)
+    if callable(check):
+        return check(name)
+    pm = getattr(sinks, "pm", None)
+    plugin = pm.get_plugin(name) if pm is not None else None
+    probe = getattr(plugin, "sink_problem", None)
+    if not callable(probe):
+        return None
+    try:
+        problem = probe()
+    except Exception as exc:  # a broken probe must not hide the sink's real trouble
+        return f"its readiness check failed: {type(exc).__name__}: {exc}"
+    return str(problem) if problem else None
+
+
+def _check_id(value: Any, what: str) -> int:
+    """An id as the store holds it; a well-typed id out of range is simply not found."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"{what} id must be a whole number, got {type(value).__name__} {value!r}")
+    return value
 
 
 class BudgetAlertService:
@@ -77,7 +110,15 @@ class BudgetAlertService:
                 f"unknown alert sink {unknown[0]!r}; installed sinks: {', '.join(installed) or 'none'} "
                 "(a sink is the entry-point name of an atlas_budget plugin)"
             )
+        for name in config.sinks:
+            problem = sink_problem(self.sinks, name)
+            if problem:
+                raise ValidationError(f"alert sink {name!r} cannot deliver: {problem}")
         return config
+
+    def ready_sinks(self) -> list[str]:
+        """Installed sinks that can deliver now: where an alert naming no sink goes."""
+        return [name for name in self.sinks.sink_names() if not sink_problem(self.sinks, name)]
 
     def configure_alert(self, actor: Actor, alert_config: AlertConfig | dict[str, Any]) -> AlertConfig:
         """Create an alert config, or update the one with ``alert_config['id']`` (needs ``budget:write``)."""
@@ -89,20 +130,30 @@ class BudgetAlertService:
         config = self._validated(data)
         if config.id is None:
             return self.repository.add_config(config, self.clock())
-        self._config(actor, config.id)
+        self._exists(actor, config.id)  # replacing also repairs a stored config that no longer validates
         return self.repository.replace_config(config)
+
+    def _exists(self, actor: Actor, alert_id: int) -> None:
+        if not (
+            1 <= _check_id(alert_id, "alert") <= AlertConfig.MAX_ID and self.repository.exists(actor.tenant, alert_id)
+        ):
+            raise NotFoundError(f"no alert with id {alert_id} in tenant {actor.tenant!r}")
 
     def _config(self, actor: Actor, alert_id: int) -> AlertConfig:
         """An alert config of the actor's tenant; another tenant's is not found."""
-        config = self.repository.get_config(actor.tenant, alert_id)
-        if config is None:
+        self._exists(actor, alert_id)
+        try:
+            config = self.repository.get_config(actor.tenant, alert_id)
+        except InvalidStoredConfig as exc:
+            raise ValidationError(str(exc)) from None
+        if config is None:  # removed in between
             raise NotFoundError(f"no alert with id {alert_id} in tenant {actor.tenant!r}")
         return config
 
     def remove_alert(self, actor: Actor, alert_id: int) -> None:
-        """Remove an alert config (needs ``budget:write``)."""
+        """Remove an alert config (needs ``budget:write``); works on a stored config that no longer validates."""
         self.permissions.require(actor, "budget:write")
-        self._config(actor, alert_id)
+        self._exists(actor, alert_id)
         self.repository.remove_config(actor.tenant, alert_id)
 
     def list_alerts(self, actor: Actor, scope: Scope | dict[str, Any] | None = None) -> list[AlertConfig]:
@@ -111,18 +162,35 @@ class BudgetAlertService:
         wanted = Scope.model_validate(scope or {})
         policies = {p.name: p for p in self.policies.repository.all(actor.tenant)}
         result = []
-        for config in self.repository.configs(actor.tenant):
+        for config in self.repository.configs(actor.tenant):  # invalid stored rows: see invalid_alerts
             policy = policies.get(config.policy)
             if (policy.scope if policy else Scope()).has(wanted):
                 result.append(config)
         return result
 
+    def invalid_alerts(self, actor: Actor) -> list[str]:
+        """Why each stored alert config of the tenant that no longer validates is skipped (and how to fix it)."""
+        self.permissions.require(actor, "budget:read")
+        return [str(c) for c in self.repository.configs_or_errors(actor.tenant) if isinstance(c, Exception)]
+
     def snooze_alert(self, actor: Actor, alert_id: int, until: datetime) -> AlertConfig:
-        """Keep an alert config quiet until ``until`` (needs ``budget:write``)."""
+        """Keep an alert config quiet until ``until``, at most a year ahead (needs ``budget:write``)."""
         self.permissions.require(actor, "budget:write")
-        config = self._config(actor, alert_id)
-        if until.tzinfo is None:
+        if not isinstance(until, datetime):
+            raise ValidationError(f"snooze time must be a datetime, got {type(until).__name__}")
+        if until.tzinfo is None or until.utcoffset() is None:
             raise ValidationError("snooze time must be timezone-aware, e.g. 2026-12-01T09:00+00:00")
+        config = self._config(actor, alert_id)
+        latest = self.clock() + MAX_SNOOZE
+        try:
+            too_late = until > latest
+        except OverflowError:  # an offset that takes the time out of datetime's range
+            too_late = True
+        if too_late:
+            raise ValidationError(
+                f"an alert can be snoozed at most 365 days ahead (until {latest:%Y-%m-%d %H:%M} UTC), "
+                f"got {until.isoformat()}; to silence it for good, remove it"
+            )
         return self.repository.replace_config(config.model_copy(update={"snoozed_until": until}))
 
     def apply_declared(self, configs: Iterable[AlertConfig]) -> list[AlertConfig]:
@@ -155,7 +223,8 @@ class BudgetAlertService:
     def acknowledge_alert(self, actor: Actor, alert_id: int) -> Alert:
         """Mark a triggered alert as seen (needs ``budget:write``); emits ``budget.alert_acknowledged``."""
         self.permissions.require(actor, "budget:write")
-        alert = self.repository.get_alert(actor.tenant, alert_id)
+        in_range = 1 <= _check_id(alert_id, "alert") <= AlertConfig.MAX_ID
+        alert = self.repository.get_alert(actor.tenant, alert_id) if in_range else None
         if alert is None:
             raise NotFoundError(f"no triggered alert with id {alert_id} in tenant {actor.tenant!r}")
         acknowledged = self.repository.acknowledge(alert, actor.id, self.clock())
@@ -165,9 +234,24 @@ class BudgetAlertService:
         return acknowledged
 
     def deliveries(self, actor: Actor, status: str | None = None) -> list[Delivery]:
-        """Delivery state of the tenant's alerts, e.g. ``status='failed'`` for what never got through."""
+        """Delivery state of the tenant's alerts (all of them, or of one ``status``)."""
         self.permissions.require(actor, "budget:read")
-        return self.repository.deliveries(actor.tenant, status)
+        return self.repository.deliveries(actor.tenant, self._status(status))
+
+    def list_deliveries(self, actor: Actor, status: str | None = None, limit: int = 1000) -> list[Delivery]:
+        """Deliveries that need attention: pending (being retried) and failed (given up), with attempts and
+        last error; or those of one ``status`` (pending, failed, delivered). Needs ``budget:read``."""
+        self.permissions.require(actor, "budget:read")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100_000:
+            raise ValidationError(f"limit must be a whole number from 1 to 100000, got {limit!r}")
+        wanted = self._status(status) or ("pending", "failed")
+        return self.repository.deliveries(actor.tenant, wanted, limit)
+
+    @staticmethod
+    def _status(status: str | None) -> str | None:
+        if status is not None and status not in DELIVERY_STATUSES:
+            raise ValidationError(f"unknown delivery status {status!r}; allowed: {', '.join(DELIVERY_STATUSES)}")
+        return status
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -181,8 +265,19 @@ class BudgetAlertService:
         now = now or self.clock()
         self.repository.resolve_ended(now)
         fired = []
-        for config in self.repository.configs():
-            alert = self._evaluate(config, now)
+        for config in self.repository.configs():  # a stored config that no longer validates is logged, skipped
+            try:
+                alert = self._evaluate(config, now)
+            except STORE_ERRORS:
+                raise  # the store, not this tenant: the caller retries the whole pass
+            except Exception:  # one tenant's bad alert or policy must not stop the others' alerts
+                log.exception(
+                    "alert %s of tenant %r on policy %r could not be evaluated; it is skipped",
+                    config.id,
+                    config.tenant,
+                    config.policy,
+                )
+                continue
             if alert is not None:
                 fired.append(alert)
         self.deliver_pending(now)
@@ -202,7 +297,7 @@ class BudgetAlertService:
         if found is None:
             return None
         start, end, spent, limit, message = found
-        sinks = config.sinks or self.sinks.sink_names()
+        sinks = config.sinks or self.ready_sinks()
         alert = self.repository.trigger(
             {
                 "config_id": config.id,
@@ -302,7 +397,13 @@ class BudgetAlertService:
             except Exception as exc:  # a sink may fail in any way; it must not stop the others
                 retry = self._retry_at(row.attempts + 1, now)
                 error = f"{type(exc).__name__}: {exc}"
-                self.repository.failed(row, error, retry)
+                try:
+                    self.repository.failed(row, error, retry)
+                except STORE_ERRORS:
+                    raise
+                except Exception:  # e.g. an attempts count out of range: log it, go on with the others
+                    log.exception("the failed delivery of alert %s to %r could not be recorded", alert.id, row.sink)
+                    continue
                 if retry is None:
                     log.error(
                         "alert %s could not be delivered to sink %r after %d attempts: %s",

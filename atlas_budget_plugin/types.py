@@ -583,19 +583,46 @@ class AlertConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: int | None = None
-    policy: str = Field(min_length=1)
-    tenant: str = "default"
+    #: Longest cooldown: a year (a longer one is an alert that never fires again; remove it instead).
+    MAX_COOLDOWN: ClassVar[int] = 365 * 24 * 3600
+    #: Largest id a store holds (signed 64-bit).
+    MAX_ID: ClassVar[int] = 2**63 - 1
+
+    id: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    policy: str = Field(min_length=1, max_length=200)
+    tenant: str = Field(default="default", min_length=1, max_length=200)
     threshold: int = Field(gt=0, le=100_000)
     kind: AlertKind = "actual"
     severity: Severity = "warning"
-    sinks: list[str] = Field(default_factory=list)
-    cooldown: int = Field(default=0, ge=0, description="seconds after an alert before this config may fire again")
+    sinks: list[str] = Field(default_factory=list, max_length=50)
+    cooldown: int = Field(default=0, description="seconds after an alert before this config may fire again")
     anomaly_window: Literal["hour", "day"] = "hour"
     anomaly_baseline: int = Field(default=24, ge=1, le=1000, description="trailing windows averaged")
     anomaly_minimum: Money = Decimal("0.01")
     snoozed_until: datetime | None = None
     enabled: bool = True
+
+    @field_validator("cooldown")
+    @classmethod
+    def _cooldown(cls, value: int) -> int:
+        if not 0 <= value <= cls.MAX_COOLDOWN:
+            raise ValueError(f"cooldown is a number of seconds from 0 to {cls.MAX_COOLDOWN} (365 days), got {value}")
+        return value
+
+    @field_validator("sinks")
+    @classmethod
+    def _sinks(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not 0 < len(name) <= 100:
+                raise ValueError(f"a sink name has 1 to 100 characters, got {len(name)}")
+        return list(dict.fromkeys(value))
+
+    @field_validator("anomaly_minimum")
+    @classmethod
+    def _minimum(cls, value: Decimal) -> Decimal:
+        if value < 0:
+            raise ValueError(f"anomaly_minimum must not be negative, got {value}")
+        return value
 
 
 class Alert(_Frozen):

@@ -8,6 +8,7 @@ Install with ``pip install 'atlas-budget-plugin[apprise]'``. Settings::
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from ..hookspecs import hookimpl
@@ -33,17 +34,28 @@ def budget_configure(settings: BudgetSettings) -> None:
     _config["urls"] = list(urls)
 
 
+NEEDS_PACKAGE = "the apprise sink needs the apprise package: pip install 'atlas-budget-plugin[apprise]'"
+NO_URLS = "the apprise sink has no urls: set urls under [sinks.apprise] in the settings file"
+
+
+def sink_problem() -> str | None:
+    """Why this sink cannot deliver, checked when an alert names it (None: ready)."""
+    if not _config["urls"]:
+        return NO_URLS
+    if importlib.util.find_spec("apprise") is None:
+        return NEEDS_PACKAGE
+    return None
+
+
 @hookimpl
 def budget_deliver_alert(alert: Alert) -> None:
     try:
         import apprise
     except ImportError:
-        raise RuntimeError(
-            "the apprise sink needs the apprise package: pip install 'atlas-budget-plugin[apprise]'"
-        ) from None
+        raise RuntimeError(NEEDS_PACKAGE) from None
     urls = _config["urls"]
     if not urls:
-        raise RuntimeError("the apprise sink has no urls; set urls in [sinks.apprise]")
+        raise RuntimeError(NO_URLS)
     notifier = apprise.Apprise()
     for url in urls:
         if not notifier.add(url):

@@ -58,11 +58,22 @@ def budget_configure(settings: BudgetSettings) -> None:
     _config.update(url=url, secret=section.get("secret"), timeout=float(timeout))
 
 
+NO_URL = (
+    "the webhook sink has no URL: set url under [sinks.webhook] in the settings file "
+    "(or ATLAS_BUDGET_SINKS__WEBHOOK__URL)"
+)
+
+
+def sink_problem() -> str | None:
+    """Why this sink cannot deliver, checked when an alert names it (None: ready)."""
+    return None if _config.get("url") else NO_URL
+
+
 @hookimpl
 def budget_deliver_alert(alert: Alert) -> None:
     url = _config.get("url")
     if not url:
-        raise RuntimeError("the webhook sink has no url; set url in [sinks.webhook]")
+        raise RuntimeError(NO_URL)
     body = json.dumps(payload(alert), sort_keys=True).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "atlas-budget-plugin"}
     if _config.get("secret"):

@@ -3,16 +3,44 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
 import peewee as pw
+import pydantic
 
 from ..money import from_units, to_units
 from ..types import Alert, AlertConfig, Delivery
 from .database import run_in_transaction, write_transaction
 from .ledger import aware, naive
 from .models import AlertConfigRow, AlertRow, DeliveryRow
+
+log = logging.getLogger("atlas_budget_plugin.alerts")
+
+#: What a stored row that no longer reads as its type raises (bad JSON, a value out of today's bounds...).
+BAD_ROW = (ValueError, TypeError, KeyError, OverflowError, pydantic.ValidationError)
+
+
+class InvalidStoredConfig(Exception):
+    """A stored alert config that does not validate any more (written before a bound existed, or by hand)."""
+
+    def __init__(self, row_id: int, tenant: str, reason: str) -> None:
+        super().__init__(
+            f"stored alert config {row_id} of tenant {tenant!r} is invalid ({reason}); "
+            f"remove it with `atlas-budget --tenant {tenant} alert remove {row_id}` and add it again"
+        )
+        self.row_id = row_id
+        self.tenant = tenant
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, pydantic.ValidationError):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {str(e['msg']).removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _aware(moment: datetime | str | None) -> datetime | None:
@@ -24,14 +52,20 @@ def _naive(moment: datetime | None) -> datetime | None:
 
 
 def to_config(row: AlertConfigRow) -> AlertConfig:
-    data = json.loads(row.config_json)
-    data.update(
-        id=row.id,
-        tenant=row.tenant,
-        policy=row.policy,
-        snoozed_until=_aware(row.snoozed_until),
-    )
-    return AlertConfig.model_validate(data)
+    """The config of a stored row; :class:`InvalidStoredConfig` if it no longer validates."""
+    try:
+        data = json.loads(row.config_json)
+        if not isinstance(data, dict):
+            raise TypeError("config_json is not a JSON object")
+        data.update(
+            id=row.id,
+            tenant=row.tenant,
+            policy=row.policy,
+            snoozed_until=_aware(row.snoozed_until),
+        )
+        return AlertConfig.model_validate(data)
+    except BAD_ROW as exc:
+        raise InvalidStoredConfig(row.id, row.tenant, _reason(exc)) from None
 
 
 def to_alert(row: AlertRow) -> Alert:
@@ -100,11 +134,31 @@ class AlertRepository:
         row = AlertConfigRow.get_or_none((AlertConfigRow.tenant == tenant) & (AlertConfigRow.id == config_id))
         return to_config(row) if row else None
 
+    def exists(self, tenant: str, config_id: int) -> bool:
+        """True when the tenant has a config with this id, valid or not."""
+        return (
+            AlertConfigRow.select(AlertConfigRow.id)
+            .where((AlertConfigRow.tenant == tenant) & (AlertConfigRow.id == config_id))
+            .exists()
+        )
+
     def configs(self, tenant: str | None = None) -> list[AlertConfig]:
+        """Configs of one tenant (or all); a stored row that no longer validates is logged and skipped."""
+        return [c for c in self.configs_or_errors(tenant) if isinstance(c, AlertConfig)]
+
+    def configs_or_errors(self, tenant: str | None = None) -> list[AlertConfig | InvalidStoredConfig]:
+        """Every config row in id order, an :class:`InvalidStoredConfig` in place of each invalid one."""
         query = AlertConfigRow.select().order_by(AlertConfigRow.id)
         if tenant is not None:
             query = query.where(AlertConfigRow.tenant == tenant)
-        return [to_config(r) for r in query]
+        found: list[AlertConfig | InvalidStoredConfig] = []
+        for row in query:
+            try:
+                found.append(to_config(row))
+            except InvalidStoredConfig as exc:
+                log.warning("%s; it is skipped", exc)
+                found.append(exc)
+        return found
 
     def remove_config(self, tenant: str, config_id: int) -> None:
         with write_transaction(self.db):
@@ -164,7 +218,11 @@ class AlertRepository:
     # -- deliveries -------------------------------------------------------------------------
 
     def claim_due(self, now: datetime, hold: timedelta) -> list[tuple[DeliveryRow, Alert]]:
-        """Pending deliveries that are due, each claimed for ``hold`` so only one evaluator sends it."""
+        """Pending deliveries that are due, each claimed for ``hold`` so only one evaluator sends it.
+
+        A delivery whose alert row cannot be read any more is marked failed with the reason (logged),
+        so it neither stops the others nor comes back on every pass.
+        """
         due = list(
             DeliveryRow.select()
             .where(
@@ -187,8 +245,14 @@ class AlertRepository:
                     )
                     .execute()
                 )
-            if won:
+            if not won:
+                continue
+            try:
                 claimed.append((row, to_alert(AlertRow.get_by_id(row.alert_id))))
+            except (pw.DoesNotExist, *BAD_ROW) as exc:
+                error = f"the stored alert {row.alert_id} cannot be read: {_reason(exc)}"
+                log.error("delivery %s to sink %r given up: %s", row.id, row.sink, error)
+                self.failed(row, error, None)
         return claimed
 
     def delivered(self, row: DeliveryRow, now: datetime) -> None:
@@ -205,15 +269,23 @@ class AlertRepository:
             claimed_until=None,
         ).where(DeliveryRow.id == row.id).execute()
 
-    def deliveries(self, tenant: str, status: str | None = None) -> list[Delivery]:
+    def deliveries(
+        self, tenant: str, status: str | tuple[str, ...] | None = None, limit: int | None = None
+    ) -> list[Delivery]:
+        """The tenant's deliveries in id order, of one status or several (all when None)."""
         query = (
             DeliveryRow.select()
             .join(AlertRow, on=(DeliveryRow.alert_id == AlertRow.id))
             .where(AlertRow.tenant == tenant)
         )
-        if status:
+        if isinstance(status, str):
             query = query.where(DeliveryRow.status == status)
-        return [to_delivery(r) for r in query.order_by(DeliveryRow.id)]
+        elif status:
+            query = query.where(DeliveryRow.status.in_(list(status)))
+        query = query.order_by(DeliveryRow.id)
+        if limit is not None:
+            query = query.limit(limit)
+        return [to_delivery(r) for r in query]
 
 
 __all__ = ["AlertRepository", "to_units"]

@@ -352,18 +352,171 @@ def test_apprise_sink_failures_are_raised_for_retry(tmp_path: Any) -> None:
     from atlas_budget_plugin.sinks import apprise_sink
 
     alert = sample_alert("80%")
-    apprise_sink.budget_configure(BudgetSettings.load(tmp_path / "none.toml"))
+    apprise_sink.budget_configure(BudgetSettings.load())
     with pytest.raises(RuntimeError, match="has no urls"):
         apprise_sink.budget_deliver_alert(alert)
-    apprise_sink.budget_configure(
-        BudgetSettings.load(tmp_path / "none.toml", sinks={"apprise": {"urls": "json://127.0.0.1:9/x"}})
-    )
+    apprise_sink.budget_configure(BudgetSettings.load(None, sinks={"apprise": {"urls": "json://127.0.0.1:9/x"}}))
     with pytest.raises(RuntimeError, match="could not notify 1 url"):
         apprise_sink.budget_deliver_alert(alert)
     with pytest.raises(ValueError, match="unknown key"):
-        apprise_sink.budget_configure(BudgetSettings.load(tmp_path / "none.toml", sinks={"apprise": {"url": "x"}}))
-    apprise_sink.budget_configure(
-        BudgetSettings.load(tmp_path / "none.toml", sinks={"apprise": {"urls": ["nope://x"]}})
-    )
+        apprise_sink.budget_configure(BudgetSettings.load(None, sinks={"apprise": {"url": "x"}}))
+    apprise_sink.budget_configure(BudgetSettings.load(None, sinks={"apprise": {"urls": ["nope://x"]}}))
     with pytest.raises(RuntimeError, match="does not understand"):
         apprise_sink.budget_deliver_alert(alert)
+
+
+# -- bounds, sink checks, deliveries, tenant isolation -------------------------------------------
+
+
+def test_cooldown_and_ids_are_bounded(services: BudgetServices, admin: Actor, policy: Any, sink: Sink) -> None:
+    with pytest.raises(ValidationError, match=r"cooldown is a number of seconds from 0 to 31536000 .*got 10{15}"):
+        configure(services, admin, threshold=50, cooldown=10**15)
+    with pytest.raises(ValidationError, match="cooldown"):
+        configure(services, admin, threshold=50, cooldown=-1)
+    config = configure(services, admin, threshold=50, cooldown=365 * 24 * 3600)
+    for huge in (2**63, 2**70):
+        with pytest.raises(NotFoundError):
+            services.alerts.acknowledge_alert(admin, huge)
+        with pytest.raises(NotFoundError):
+            services.alerts.remove_alert(admin, huge)
+        with pytest.raises(NotFoundError):
+            services.alerts.snooze_alert(admin, huge, datetime(2026, 4, 1, tzinfo=timezone.utc))
+    with pytest.raises(ValidationError, match="whole number"):
+        services.alerts.remove_alert(admin, "1")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="at most 365 days ahead"):
+        services.alerts.snooze_alert(admin, config.id, datetime(9999, 12, 31, tzinfo=timezone.utc))
+    with pytest.raises(ValidationError, match="must be a datetime"):
+        services.alerts.snooze_alert(admin, config.id, "tomorrow")  # type: ignore[arg-type]
+
+
+def test_sinks_are_validated_when_an_alert_names_them(
+    services: BudgetServices, admin: Actor, policy: Any, sink: Sink
+) -> None:
+    with pytest.raises(
+        ValidationError, match=r"unknown alert sink 'webhok'; installed sinks: apprise, log, test, webhook"
+    ):
+        configure(services, admin, threshold=50, sinks=["webhok"])
+    with pytest.raises(
+        ValidationError, match=r"alert sink 'webhook' cannot deliver: .*set url under \[sinks.webhook\]"
+    ):
+        configure(services, admin, threshold=50, sinks=["webhook"])
+    with pytest.raises(ValidationError, match=r"alert sink 'apprise' cannot deliver: .*\[sinks.apprise\]"):
+        configure(services, admin, threshold=50, sinks=["apprise"])
+    # An alert naming no sink goes to the installed sinks that are ready: not to the unconfigured webhook.
+    assert services.alerts.ready_sinks() == ["log", "test"]
+    services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 10})
+    spend(services, "5")
+    services.alerts.evaluate_alerts()
+    assert sorted(d.sink for d in services.alerts.deliveries(admin)) == ["log", "test"]
+
+
+def test_webhook_named_when_configured(make_services: Any, admin: Actor) -> None:
+    services = make_services(sinks={"webhook": {"url": "http://127.0.0.1:9/hook"}})
+    services.policies.create_policy(admin, ALICE_DAY)
+    assert services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 10, "sinks": ["webhook"]})
+    assert "webhook" in services.alerts.ready_sinks()
+
+
+def test_list_deliveries_shows_pending_and_failed(make_services: Any, admin: Actor, clock: FakeClock) -> None:
+    services = make_services(delivery_attempts=2, delivery_backoff=1)
+    dead, flaky, good = Sink(fail=99), Sink(fail=1), Sink()
+    for name, plugin in (("dead", dead), ("flaky", flaky), ("good", good)):
+        services.extensions.pm.register(plugin, name=name)
+    services.policies.create_policy(admin, ALICE_DAY)
+    services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 10, "sinks": ["dead", "flaky", "good"]})
+    spend(services, "5")
+    services.alerts.evaluate_alerts()
+    pending = services.alerts.list_deliveries(admin)
+    assert [(d.sink, d.status, d.attempts, d.last_error) for d in pending] == [
+        ("dead", "pending", 1, "ConnectionError: sink down"),
+        ("flaky", "pending", 1, "ConnectionError: sink down"),
+    ]
+    clock.advance(seconds=2)
+    services.alerts.deliver_pending()
+    (failed,) = services.alerts.list_deliveries(admin)
+    assert (failed.sink, failed.status, failed.attempts) == ("dead", "failed", 2)
+    assert [d.sink for d in services.alerts.list_deliveries(admin, "delivered")] == ["flaky", "good"]
+    assert services.alerts.list_deliveries(Actor.system("other")) == []
+    with pytest.raises(ValidationError, match="unknown delivery status 'lost'"):
+        services.alerts.list_deliveries(admin, "lost")
+    with pytest.raises(ValidationError, match="limit"):
+        services.alerts.list_deliveries(admin, limit=10**20)
+    with pytest.raises(PermissionDenied):
+        services.alerts.list_deliveries(Actor(id="nobody"))
+
+
+def test_a_bad_stored_config_of_one_tenant_does_not_stop_the_others(
+    services: BudgetServices, admin: Actor, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    from atlas_budget_plugin.store.models import AlertConfigRow
+
+    bad_tenant = Actor.system("acme")
+    services.policies.create_policy(bad_tenant, ALICE_DAY)
+    bad = services.alerts.configure_alert(bad_tenant, {"policy": "alice-day", "threshold": 10, "sinks": ["test"]})
+    services.policies.create_policy(admin, ALICE_DAY)
+    good = services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 10, "sinks": ["test"]})
+    # Stored before cooldown had a bound: from then on every evaluation raised OverflowError for every tenant.
+    row = AlertConfigRow.get_by_id(bad.id)
+    AlertConfigRow.update(config_json=row.config_json.replace('"cooldown":0', f'"cooldown":{10**15}')).where(
+        AlertConfigRow.id == bad.id
+    ).execute()
+    spend(services, "5")
+    with caplog.at_level(logging.WARNING, logger="atlas_budget_plugin.alerts"):
+        fired = services.alerts.evaluate_alerts()
+    assert [a.config_id for a in fired] == [good.id] and len(sink.alerts) == 1
+    assert f"stored alert config {bad.id} of tenant 'acme' is invalid" in caplog.text
+    assert services.alerts.list_alerts(bad_tenant) == []
+    (problem,) = services.alerts.invalid_alerts(bad_tenant)
+    assert "cooldown" in problem and f"alert remove {bad.id}" in problem
+    with pytest.raises(ValidationError, match="is invalid"):
+        services.alerts.snooze_alert(bad_tenant, bad.id, services.alerts.clock() + timedelta(hours=1))
+    repaired = services.alerts.configure_alert(bad_tenant, {"id": bad.id, "policy": "alice-day", "threshold": 20})
+    assert repaired.cooldown == 0 and services.alerts.invalid_alerts(bad_tenant) == []
+    services.alerts.remove_alert(bad_tenant, bad.id)
+
+
+def test_one_tenants_failing_evaluation_or_delivery_is_skipped(
+    services: BudgetServices,
+    admin: Actor,
+    sink: Sink,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from atlas_budget_plugin.store.models import AlertRow
+
+    first = Actor.system("first")
+    for actor in (first, admin):
+        services.policies.create_policy(actor, ALICE_DAY)
+        services.alerts.configure_alert(actor, {"policy": "alice-day", "threshold": 10, "sinks": ["test"]})
+    spend(services, "5")
+    original = services.alerts._spend
+
+    def spend_check(config: Any, policy: Any, now: datetime) -> Any:
+        if config.tenant == "first":
+            raise OverflowError("date value out of range")
+        return original(config, policy, now)
+
+    monkeypatch.setattr(services.alerts, "_spend", spend_check)
+    with caplog.at_level(logging.ERROR, logger="atlas_budget_plugin.alerts"):
+        fired = services.alerts.evaluate_alerts()
+    assert [a.tenant for a in fired] == ["default"] and len(sink.alerts) == 1
+    assert "of tenant 'first' on policy 'alice-day' could not be evaluated" in caplog.text
+    # A delivery whose stored alert cannot be read is given up with the reason; the others still go out.
+    monkeypatch.setattr(services.alerts, "_spend", original)
+    services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 20, "sinks": ["test"]})
+    services.alerts.configure_alert(admin, {"policy": "alice-day", "threshold": 30, "sinks": ["test"]})
+    real_trigger = services.alerts.repository.trigger
+    broken_once: list[int] = []
+
+    def trigger(alert: dict[str, Any], sinks: list[str], now: datetime) -> Any:
+        made = real_trigger(alert, sinks, now)
+        if made is not None and not broken_once:
+            broken_once.append(made.id)
+            AlertRow.update(sinks_json="{not json").where(AlertRow.id == made.id).execute()
+        return made
+
+    monkeypatch.setattr(services.alerts.repository, "trigger", trigger)
+    services.alerts.evaluate_alerts()
+    assert len(sink.alerts) == 2
+    failed = services.alerts.list_deliveries(admin, "failed")
+    assert [d.alert_id for d in failed] == broken_once and "cannot be read" in (failed[0].last_error or "")

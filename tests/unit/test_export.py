@@ -41,7 +41,7 @@ def test_csv_markdown_html(filled: BudgetServices, admin: Actor) -> None:
     parsed = list(csv.DictReader(io.StringIO(render(rows, "csv"))))
     assert {r["key"]: r["total_cost"] for r in parsed} == {"<script>|x": "0.000000001", "": "12.50"}
     markdown = render(rows, "markdown", title="By category")
-    assert markdown.startswith("## By category") and "<script>\\|x" in markdown
+    assert markdown.startswith("## By category") and "&lt;script&gt;\\|x" in markdown and "<script>" not in markdown
     page = render(rows, "html", title="A & B")
     assert "<script>" not in page and "&lt;script&gt;|x" in page and "<caption>A &amp; B</caption>" in page
     assert "(no rows)" in render([], "markdown")
@@ -49,3 +49,65 @@ def test_csv_markdown_html(filled: BudgetServices, admin: Actor) -> None:
     assert records.splitlines()[0].startswith("call_id,tenant")
     with pytest.raises(ValidationError, match="unknown export format"):
         render(rows, "xml")
+
+
+# -- hostile text: formulas, markup, control characters ------------------------------------------
+
+HOSTILE = ['=HYPERLINK("http://x")', "+1+1", "-2+3", "@SUM(A1)", "\tx", "\rx", "<script>alert(1)</script>"]
+
+
+def test_csv_neutralises_formulas_but_keeps_numbers() -> None:
+    from atlas_budget_plugin.types import SpendRow
+
+    rows = [SpendRow(key=key, total_cost=Decimal("1.50"), calls=1) for key in HOSTILE]
+    rows.append(SpendRow(key="plain", total_cost=Decimal("-1.50"), calls=-1))
+    parsed = list(csv.DictReader(io.StringIO(render(rows, "csv"))))
+    keys = [r["key"] for r in parsed]
+    assert keys[:4] == ['\'=HYPERLINK("http://x")', "'+1+1", "'-2+3", "'@SUM(A1)"]
+    assert keys[4:6] == ["\\tx", "\\rx"]  # control characters are written visibly, so never a formula either
+    assert all(not k.startswith(("=", "+", "-", "@", "\t", "\r")) for k in keys)
+    assert parsed[-1]["key"] == "plain" and parsed[-1]["total_cost"] == "-1.50" and parsed[-1]["calls"] == "-1"
+
+
+def test_csv_cell_rules() -> None:
+    from atlas_budget_plugin.export import csv_cell
+
+    assert csv_cell(Decimal("-0.25")) == "-0.25" and csv_cell(-3) == "-3" and csv_cell(True) == "True"
+    assert csv_cell(Decimal("-Infinity")) == "'-Infinity" and csv_cell(float("-inf")) == "'-inf"
+    assert csv_cell("-5") == "'-5" and csv_cell("a-b") == "a-b" and csv_cell(None) == ""
+    assert csv_cell("\x1b[31mred") == "\\x1b[31mred"
+
+
+def test_markdown_escapes_html_markup_and_table_breaks() -> None:
+    from atlas_budget_plugin.types import SpendRow
+
+    rows = [SpendRow(key=k, total_cost=Decimal(1), calls=1) for k in ("<script>x</script>", "a|b", "`code`", "[l](u)")]
+    rows.append(SpendRow(key="*b* _i_ ~s~ & \\ \x1b[31m\nnext", total_cost=Decimal(1), calls=1))
+    text = render(rows, "markdown", title="<b>title</b> | x")
+    assert "<script>" not in text and "&lt;script&gt;x&lt;/script&gt;" in text and "<b>" not in text
+    assert "a\\|b" in text and "\\`code\\`" in text and "\\[l\\](u)" in text
+    assert "\\*b\\* \\_i\\_ \\~s\\~ &amp; \\\\ \\\\x1b\\[31m\\\\nnext" in text
+    assert "\x1b" not in text and len(text.splitlines()) == 2 + 2 + len(rows)
+
+
+def test_html_escapes_and_makes_control_characters_visible() -> None:
+    from atlas_budget_plugin.types import SpendRow
+
+    page = render([SpendRow(key="<img src=x onerror=alert(1)>\x1b]0;pwn\x07", total_cost=Decimal(1), calls=1)], "html")
+    assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt;\\x1b]0;pwn\\x07" in page and "\x1b" not in page
+
+
+@pytest.mark.parametrize(
+    ("granularity", "label"),
+    [("hour", "03-10 14:00"), ("day", "2026-03-10"), ("week", "2026-W11"), ("month", "2026-03")],
+)
+def test_trend_labels_fit_the_granularity(granularity: str, label: str) -> None:
+    from datetime import datetime, timezone
+
+    from atlas_budget_plugin.export import bucket_label, trend_svg
+    from atlas_budget_plugin.types import TrendPoint
+
+    start = datetime(2026, 3, 10, 14, tzinfo=timezone.utc)
+    assert bucket_label(start, granularity) == label
+    svg = trend_svg([TrendPoint(start=start, end=start, total_cost=Decimal(1), calls=1)], "t", granularity)
+    assert f">{label}</text>" in svg
