@@ -14,6 +14,7 @@ import peewee as pw
 from playhouse import db_url
 
 from ..exceptions import SettingsError, StoreUnavailable
+from .migrations import exact_text
 from .models import ALL_MODELS, SCHEMA_VERSION, Meta, SchemaVersion, db_proxy
 
 #: Durability first: a recorded call survives a crash or power loss once recorded.
@@ -30,7 +31,7 @@ SCHEMA_LOCK_ID = 0x41544C53
 SUPPORTED = "sqlite:///path/to/budget.db, postgresql://user@host:5432/db, mysql://user@host:3306/db"
 
 #: version -> step that upgrades a database from that version to the next one.
-MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {}
+MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: exact_text}
 
 
 def open_database(url: str) -> pw.Database:

@@ -2,13 +2,63 @@
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
 import peewee as pw
 
 #: Bound at run time to the database chosen by ``database_url`` (see ``store.database``).
 db_proxy = pw.DatabaseProxy()
 
 #: Bump when the schema changes and add a step to ``store.database.MIGRATIONS``.
-SCHEMA_VERSION = 1
+#: 2: every text column compares exactly on MariaDB/MySQL too (``store.migrations``).
+SCHEMA_VERSION = 2
+
+#: Binary collations of MariaDB/MySQL, best first. Text must compare exactly (``'acme' != 'ACME'``,
+#: ``'acme' != 'acme '``) as it does on PostgreSQL and SQLite; ``utf8mb4_bin`` alone is not enough:
+#: it is PAD SPACE (trailing spaces ignored). MariaDB has ``utf8mb4_nopad_bin``, MySQL 8 ``utf8mb4_0900_bin``.
+EXACT_COLLATIONS = ("utf8mb4_nopad_bin", "utf8mb4_0900_bin", "utf8mb4_bin")
+#: The collation found on each MariaDB/MySQL database (asked once per Database object).
+_chosen: weakref.WeakKeyDictionary[pw.Database, str] = weakref.WeakKeyDictionary()
+
+
+def exact_collation(db: pw.Database | None) -> str | None:
+    """The collation text columns get on ``db`` (MariaDB/MySQL), None on PostgreSQL and SQLite.
+
+    PostgreSQL (deterministic collations) and SQLite (``BINARY``) already compare
+    text byte for byte, so only MariaDB/MySQL columns name a collation.
+    """
+    db = getattr(db, "obj", db)  # a DatabaseProxy stands for the database bound to it
+    if not isinstance(db, pw.MySQLDatabase):
+        return None
+    chosen = _chosen.get(db)
+    if chosen is None:
+        marks = ", ".join(["%s"] * len(EXACT_COLLATIONS))
+        sql = f"SELECT COLLATION_NAME FROM information_schema.COLLATIONS WHERE COLLATION_NAME IN ({marks})"
+        present = {row[0] for row in db.execute_sql(sql, EXACT_COLLATIONS).fetchall()}
+        chosen = next((name for name in EXACT_COLLATIONS if name in present), EXACT_COLLATIONS[-1])
+        _chosen[db] = chosen
+    return chosen
+
+
+def _with_exact_collation(field: pw.Field, column: pw.NodeList) -> pw.NodeList:
+    """``column`` (a column definition) with the exact collation on MariaDB/MySQL, unchanged elsewhere."""
+    collation = exact_collation(field.model._meta.database)
+    return pw.NodeList((column, pw.SQL(f"COLLATE {collation}"))) if collation else column
+
+
+class ExactCharField(pw.CharField):
+    """VARCHAR compared exactly on every backend: ids, tenants, actors, names, call ids, dimension values."""
+
+    def ddl(self, ctx: Any) -> pw.NodeList:
+        return _with_exact_collation(self, super().ddl(ctx))
+
+
+class ExactTextField(pw.TextField):
+    """TEXT compared exactly on every backend (JSON of tags and scopes, messages)."""
+
+    def ddl(self, ctx: Any) -> pw.NodeList:
+        return _with_exact_collation(self, super().ddl(ctx))
 
 
 class BaseModel(pw.Model):
@@ -28,7 +78,7 @@ class SchemaVersion(BaseModel):
 class Meta(BaseModel):
     """Small named counters; ``policy_generation`` changes whenever any policy changes."""
 
-    name = pw.CharField(max_length=64, unique=True)
+    name = ExactCharField(max_length=64, unique=True)
     value = pw.BigIntegerField(default=0)
 
     class Meta:
@@ -36,18 +86,18 @@ class Meta(BaseModel):
 
 
 class PolicyRow(BaseModel):
-    tenant = pw.CharField(max_length=200)
-    name = pw.CharField(max_length=200)
-    scope_json = pw.TextField(default="{}")
-    scope_key = pw.CharField(max_length=500, default="")
-    period = pw.CharField(max_length=32)
-    timezone = pw.CharField(max_length=64, default="UTC")
+    tenant = ExactCharField(max_length=200)
+    name = ExactCharField(max_length=200)
+    scope_json = ExactTextField(default="{}")
+    scope_key = ExactCharField(max_length=500, default="")
+    period = ExactCharField(max_length=32)
+    timezone = ExactCharField(max_length=64, default="UTC")
     limit_units = pw.BigIntegerField()
-    currency = pw.CharField(max_length=3, default="USD")
-    enforcement = pw.CharField(max_length=16, null=True)
-    thresholds_json = pw.TextField(default="[]")
+    currency = ExactCharField(max_length=3, default="USD")
+    enforcement = ExactCharField(max_length=16, null=True)
+    thresholds_json = ExactTextField(default="[]")
     rollover_cap_units = pw.BigIntegerField(default=0)
-    alternatives_json = pw.TextField(default="[]")
+    alternatives_json = ExactTextField(default="[]")
     enabled = pw.BooleanField(default=True)
     priority = pw.IntegerField(default=0)
     version = pw.IntegerField(default=1)
@@ -76,7 +126,7 @@ class SpendCounter(BaseModel):
 class Hold(BaseModel):
     """An amount reserved for a call on one counter until the call settles or the hold expires."""
 
-    call_id = pw.CharField(max_length=200, index=True)
+    call_id = ExactCharField(max_length=200, index=True)
     counter_id = pw.IntegerField()
     policy_id = pw.IntegerField()
     amount_units = pw.BigIntegerField()
@@ -88,22 +138,22 @@ class Hold(BaseModel):
 
 
 class UsageRow(BaseModel):
-    call_id = pw.CharField(max_length=200, unique=True)
-    tenant = pw.CharField(max_length=200)
-    actor = pw.CharField(max_length=200, null=True)
-    provider = pw.CharField(max_length=100)
-    model = pw.CharField(max_length=200)
-    operation = pw.CharField(max_length=50)
-    category = pw.CharField(max_length=100, null=True)
-    tags_json = pw.TextField(default="{}")
+    call_id = ExactCharField(max_length=200, unique=True)
+    tenant = ExactCharField(max_length=200)
+    actor = ExactCharField(max_length=200, null=True)
+    provider = ExactCharField(max_length=100)
+    model = ExactCharField(max_length=200)
+    operation = ExactCharField(max_length=50)
+    category = ExactCharField(max_length=100, null=True)
+    tags_json = ExactTextField(default="{}")
     input_tokens = pw.BigIntegerField(default=0)
     output_tokens = pw.BigIntegerField(default=0)
     cache_read_tokens = pw.BigIntegerField(default=0)
     cache_write_tokens = pw.BigIntegerField(default=0)
     cost_units = pw.BigIntegerField()
-    units_json = pw.TextField(default="{}")
-    price_source = pw.CharField(max_length=200)
-    error = pw.TextField(null=True)
+    units_json = ExactTextField(default="{}")
+    price_source = ExactCharField(max_length=200)
+    error = ExactTextField(null=True)
     recorded_at = pw.DateTimeField()
 
     class Meta:
@@ -120,9 +170,9 @@ class UsageHourly(BaseModel):
     exact after raw rows are pruned. A missing actor or category is the key ''.
     """
 
-    tenant = pw.CharField(max_length=200)
-    dimension = pw.CharField(max_length=16)
-    key = pw.CharField(max_length=200, column_name="dim_value")
+    tenant = ExactCharField(max_length=200)
+    dimension = ExactCharField(max_length=16)
+    key = ExactCharField(max_length=200, column_name="dim_value")
     hour = pw.DateTimeField()
     calls = pw.BigIntegerField(default=0)
     cost_units = pw.BigIntegerField(default=0)
@@ -149,9 +199,9 @@ class ThresholdMark(BaseModel):
 
 
 class AlertConfigRow(BaseModel):
-    tenant = pw.CharField(max_length=200, index=True)
-    policy = pw.CharField(max_length=200)
-    config_json = pw.TextField()
+    tenant = ExactCharField(max_length=200, index=True)
+    policy = ExactCharField(max_length=200)
+    config_json = ExactTextField()
     snoozed_until = pw.DateTimeField(null=True)
     created_at = pw.DateTimeField()
 
@@ -163,19 +213,19 @@ class AlertRow(BaseModel):
     """A triggered alert; unique per config and window, so it fires once even with many evaluators."""
 
     config_id = pw.IntegerField()
-    tenant = pw.CharField(max_length=200, index=True)
-    policy = pw.CharField(max_length=200)
-    kind = pw.CharField(max_length=16)
-    severity = pw.CharField(max_length=16)
+    tenant = ExactCharField(max_length=200, index=True)
+    policy = ExactCharField(max_length=200)
+    kind = ExactCharField(max_length=16)
+    severity = ExactCharField(max_length=16)
     threshold = pw.IntegerField()
     window_start = pw.DateTimeField()
     window_end = pw.DateTimeField()
     spent_units = pw.BigIntegerField()
     limit_units = pw.BigIntegerField()
-    message = pw.TextField()
-    sinks_json = pw.TextField(default="[]")
+    message = ExactTextField()
+    sinks_json = ExactTextField(default="[]")
     triggered_at = pw.DateTimeField()
-    acknowledged_by = pw.CharField(max_length=200, null=True)
+    acknowledged_by = ExactCharField(max_length=200, null=True)
     acknowledged_at = pw.DateTimeField(null=True)
     resolved_at = pw.DateTimeField(null=True)
 
@@ -188,10 +238,10 @@ class DeliveryRow(BaseModel):
     """Delivery of one alert to one sink, retried with backoff; claimed by one evaluator at a time."""
 
     alert_id = pw.IntegerField()
-    sink = pw.CharField(max_length=100)
-    status = pw.CharField(max_length=16, default="pending")
+    sink = ExactCharField(max_length=100)
+    status = ExactCharField(max_length=16, default="pending")
     attempts = pw.IntegerField(default=0)
-    last_error = pw.TextField(null=True)
+    last_error = ExactTextField(null=True)
     next_attempt_at = pw.DateTimeField(index=True)
     claimed_until = pw.DateTimeField(null=True)
     delivered_at = pw.DateTimeField(null=True)
@@ -202,13 +252,13 @@ class DeliveryRow(BaseModel):
 
 
 class AuditEntry(BaseModel):
-    tenant = pw.CharField(max_length=200, index=True)
-    actor = pw.CharField(max_length=200)
-    action = pw.CharField(max_length=50)
-    object_type = pw.CharField(max_length=50)
-    object_id = pw.CharField(max_length=200)
-    before_json = pw.TextField(null=True)
-    after_json = pw.TextField(null=True)
+    tenant = ExactCharField(max_length=200, index=True)
+    actor = ExactCharField(max_length=200)
+    action = ExactCharField(max_length=50)
+    object_type = ExactCharField(max_length=50)
+    object_id = ExactCharField(max_length=200)
+    before_json = ExactTextField(null=True)
+    after_json = ExactTextField(null=True)
     at = pw.DateTimeField()
 
     class Meta:

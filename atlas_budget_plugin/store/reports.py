@@ -1,4 +1,9 @@
-"""Report queries: whole hours from the hourly rollups, partial hours and tag filters from raw rows."""
+"""Report queries: whole hours from the hourly rollups, partial hours and tag filters from raw rows.
+
+Every filter matches exactly what enforcement (``Scope.matches``) matches: columns
+by ``=`` (exact on every backend, see ``models.exact_collation``), tags by exact
+key and value, checked in Python on the raw rows a cheap SQL pre-filter leaves.
+"""
 
 from __future__ import annotations
 
@@ -73,6 +78,21 @@ _RAW_SUMS = (
 )
 
 
+#: What one raw row adds to a Totals besides its one call.
+_RAW_COLUMNS = (UsageRow.cost_units, UsageRow.input_tokens, UsageRow.output_tokens)
+
+
+def _contains(column: Any, text: str) -> Any:
+    """``column`` contains ``text`` somewhere (LIKE with its metacharacters escaped).
+
+    Only a pre-filter: LIKE ignores case on SQLite (and on MariaDB before schema
+    version 2), so it may keep rows with other tags; it never drops a row whose
+    tags hold ``text`` as written by ``json.dumps(tags, sort_keys=True)``.
+    """
+    escaped = text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return pw.NodeList((column, pw.SQL("LIKE"), f"%{escaped}%", pw.SQL("ESCAPE '!'")))
+
+
 class UsageReports:
     """Sums of usage for one tenant over time ranges, grouped by a dimension or by hour."""
 
@@ -90,8 +110,19 @@ class UsageReports:
         for column, value in flt.columns.items():
             query = query.where(getattr(UsageRow, column) == value)
         for key, value in flt.tags.items():
-            query = query.where(UsageRow.tags_json.contains(f"{json.dumps(key)}: {json.dumps(value)}"))
+            query = query.where(_contains(UsageRow.tags_json, f"{json.dumps(key)}: {json.dumps(value)}"))
         return query
+
+    def _rows(self, tenant: str, spans: Sequence[tuple[datetime, datetime]], flt: Filter, *columns: Any) -> Any:
+        """``columns`` of each raw row in ``spans`` that ``flt`` matches exactly, tags included."""
+        query = self._raw(tenant, spans, flt)
+        if not flt.tags:
+            yield from query.select(*columns).tuples().iterator()
+            return
+        for *values, tags_json in query.select(*columns, UsageRow.tags_json).tuples().iterator():
+            tags = json.loads(tags_json or "{}")
+            if all(tags.get(key) == value for key, value in flt.tags.items()):
+                yield tuple(values)
 
     def _spans(self, start: datetime, end: datetime, flt: Filter) -> tuple[tuple[datetime, datetime] | None, list]:
         """Split ``[start, end)`` into whole hours for the rollups and edge spans for raw rows."""
@@ -123,9 +154,12 @@ class UsageReports:
             dimension, key = flt.rollup or ("*", "")
             found: Any = self._rollup(tenant, hours, dimension, key).select(*_ROLLUP_SUMS).tuples().get()
             totals.add(*found)
-        if edges:
+        if edges and not flt.tags:
             edge: Any = self._raw(tenant, edges, flt).select(*_RAW_SUMS).tuples().get()
             totals.add(*edge)
+        elif edges:
+            for row in self._rows(tenant, edges, flt, *_RAW_COLUMNS):
+                totals.add(1, *row)
         return totals
 
     def by(self, dimension: str, tenant: str, start: datetime, end: datetime, flt: Filter) -> dict[str | None, Totals]:
@@ -142,11 +176,14 @@ class UsageReports:
             )
             for key, *sums in rows:
                 result.setdefault(key or None, Totals()).add(*sums)
-        if edges:
-            column = getattr(UsageRow, dimension)
+        column = getattr(UsageRow, dimension)
+        if edges and not flt.tags:
             raw_rows: Any = self._raw(tenant, edges, flt).select(column, *_RAW_SUMS).group_by(column).tuples()
             for key, *sums in raw_rows:
                 result.setdefault(key or None, Totals()).add(*sums)
+        elif edges:
+            for key, *row in self._rows(tenant, edges, flt, column, *_RAW_COLUMNS):
+                result.setdefault(key or None, Totals()).add(1, *row)
         return result
 
     def hourly(self, tenant: str, start: datetime, end: datetime, flt: Filter) -> list[tuple[datetime, Totals]]:
@@ -171,12 +208,7 @@ class UsageReports:
                 totals.add(*sums)
                 points.append((aware(hour), totals))
         if edges:
-            raw_rows: Any = (
-                self._raw(tenant, edges, flt)
-                .select(UsageRow.recorded_at, UsageRow.cost_units, UsageRow.input_tokens, UsageRow.output_tokens)
-                .tuples()
-            )
-            for at, cost, tin, tout in raw_rows:
+            for at, cost, tin, tout in self._rows(tenant, edges, flt, UsageRow.recorded_at, *_RAW_COLUMNS):
                 totals = Totals()
                 totals.add(1, cost, tin, tout)
                 points.append((aware(at), totals))

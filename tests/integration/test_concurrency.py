@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import threading
+import time
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -10,11 +14,13 @@ from typing import Any
 import pytest
 
 from atlas_budget_plugin import BudgetSettings, bootstrap
-from atlas_budget_plugin.store.models import UsageRow
+from atlas_budget_plugin.money import to_units
+from atlas_budget_plugin.store.models import Hold, SpendCounter, UsageRow
 from atlas_budget_plugin.types import Actor
+from hookspecs import LLMCall
 
 from ..backends import server_url
-from .workers import host_calls
+from .workers import host_calls, virtual_clock
 
 pytestmark = pytest.mark.slow
 
@@ -94,3 +100,65 @@ def test_eight_processes_three_overlapping_scopes(tmp_path: Path, backend: str, 
         if name in denied_by:  # a policy that blocked had less room than one call's estimate
             assert limit - totals[name] < largest, f"{name} blocked with {limit - totals[name]} unused"
     assert denied_by, "the limits should have blocked some calls"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eight_processes_across_a_month_boundary_with_expiry_running(tmp_path: Path, backend: str) -> None:
+    """Calls admitted before midnight on March 31 settle after it, abandoned calls expire while others run."""
+    url = store_url(backend, tmp_path)
+    config = tmp_path / "budget.toml"
+    config.write_text(
+        '[[policies]]\nname = "hourly"\nperiod = "hour"\nlimit = "1.00"\n'
+        '[[policies]]\nname = "alice-daily"\nscope = { actor = "alice" }\nperiod = "day"\nlimit = "0.80"\n'
+        '[[policies]]\nname = "rolling"\nscope = { team = "red" }\nperiod = "rolling:2h"\nlimit = "1.20"\n'
+    )
+    start_at = time.time() + 6  # spawned workers import and connect first
+    base = datetime(2026, 3, 31, 23, 59, 59, 700_000, tzinfo=timezone.utc)
+    job = {"clock_base": base.isoformat(), "start_at": start_at, "settings": {"reservation_ttl": 1}}
+    services = bootstrap(BudgetSettings.load(config, database_url=url), clock=lambda: base)
+    clock = virtual_clock(job)
+    stop = threading.Event()
+
+    def expire() -> None:  # another process's ticks, expiring what nobody settles
+        while not stop.wait(0.1):
+            services.policies.expire_reservations(clock())
+
+    ticker = threading.Thread(target=expire, daemon=True)
+    ticker.start()
+    try:
+        results = run_workers(
+            url, config, processes=8, calls=200, exact=True, actors=["alice", "bob"], seed=7, abandon_every=9, **job
+        )
+    finally:
+        stop.set()
+        ticker.join()
+    services.policies.expire_reservations(clock() + timedelta(seconds=5))
+    allowed = {r["call_id"]: Decimal(r["cost"]) for r in results if "cost" in r}
+    stalled = {r["call_id"] for r in results if r.get("seconds", 0) > 0.8}
+    rows = {row.call_id: row for row in UsageRow.select()}
+    assert {k: Decimal(r.cost_units).scaleb(-9) for k, r in rows.items()} == allowed
+    assert any(r.get("abandoned") for r in results), "some abandoned calls should have held money"
+    assert services.ledger.outstanding_units() == 0 and Hold.select().count() == 0
+    moments = [row.recorded_at.replace(tzinfo=timezone.utc) for row in rows.values()]
+    midnight = datetime(2026, 4, 1, tzinfo=timezone.utc)
+    assert min(moments) < midnight <= max(moments), "the run should straddle the boundary"
+    policies = {p.id: p for p in services.policies.list_policies(Actor.system())}
+    for counter in SpendCounter.select():
+        policy = policies[counter.policy_id]
+        start = counter.window_start.replace(tzinfo=timezone.utc)
+        end = start + timedelta(hours=1)  # hour counters, and the hourly buckets of the rolling window
+        if policy.period == "day":
+            end = start + timedelta(days=1)
+        in_window = [r for r in rows.values() if start <= r.recorded_at.replace(tzinfo=timezone.utc) < end]
+        expected = sum(r.cost_units for r in in_window if policy.scope.matches(call_of(r)))
+        assert counter.spent_units == expected, (policy.name, start)
+        # A call whose hold expired before it settled (a stall longer than the TTL) is charged unchecked.
+        late = sum(r.cost_units for r in in_window if r.call_id in stalled and policy.scope.matches(call_of(r)))
+        assert counter.spent_units <= to_units(policy.limit) + late, f"{policy.name} overspent in {start}"
+    services.close()
+
+
+def call_of(row: UsageRow) -> LLMCall:
+    return LLMCall(
+        call_id=row.call_id, provider=row.provider, model=row.model, actor=row.actor, tags=json.loads(row.tags_json)
+    )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import time
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -10,6 +12,7 @@ import pluggy
 
 from atlas_budget_plugin import BudgetSettings, bootstrap
 from atlas_budget_plugin.plugin import BudgetPlugin
+from atlas_budget_plugin.types import utcnow
 from hookspecs import CallBlocked, LLMCall, LLMUsage, guarded_call
 from hookspecs import specs as host_specs
 
@@ -21,10 +24,14 @@ def host_calls(job: dict[str, Any]) -> list[dict[str, Any]]:
     the policy that denied it otherwise. ``exact`` makes the actual cost equal
     to the estimate (so unused budget can be asserted exactly).
     """
-    services = bootstrap(BudgetSettings.load(job["config"], database_url=job["url"]))
+    settings = BudgetSettings.load(job["config"], database_url=job["url"], **job.get("settings", {}))
+    services = bootstrap(settings, clock=virtual_clock(job) if "clock_base" in job else utcnow)
+    plugin = BudgetPlugin(services)
     pm = pluggy.PluginManager(host_specs.PROJECT)
     pm.add_hookspecs(host_specs)
-    pm.register(BudgetPlugin(services), name="budget")
+    pm.register(plugin, name="budget")
+    if "start_at" in job:  # every worker starts at the same moment, so the run straddles the boundary
+        time.sleep(max(0.0, job["start_at"] - time.time()))
     rng = random.Random(f"{job.get('seed', 0)}-{job['worker']}")
     results = []
     for i in range(job["calls"]):
@@ -45,12 +52,29 @@ def host_calls(job: dict[str, Any]) -> list[dict[str, Any]]:
             "team": call.tags["team"],
             "model": call.model,
         }
+        if job.get("abandon_every") and i % job["abandon_every"] == 0:
+            # A call whose process "dies" after the check: nobody settles or renews it; expiry must reclaim it.
+            (verdict,) = pm.hook.pre_llm_call(call=call)
+            plugin._open.pop(call.call_id, None)
+            entry["abandoned"] = verdict.allowed
+            results.append(entry)
+            continue
+        began = time.monotonic()
         try:
             with guarded_call(pm, call) as guard:
                 guard.usage = LLMUsage(input_tokens=100, output_tokens=10, cost=actual)
             entry["cost"] = str(actual)
+            entry["seconds"] = time.monotonic() - began
         except CallBlocked as blocked:
             entry["denied_by"] = blocked.verdict.details.get("policy")
         results.append(entry)
+    plugin.close()
     services.close()
     return results
+
+
+def virtual_clock(job: dict[str, Any]) -> Any:
+    """Wall-clock time shifted so that ``start_at`` (a time.time() value) reads as ``clock_base``."""
+    base = datetime.fromisoformat(job["clock_base"])
+    start = job["start_at"]
+    return lambda: base + timedelta(seconds=time.time() - start)

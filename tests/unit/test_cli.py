@@ -43,7 +43,7 @@ def test_doctor(tmp_path: Path) -> None:
     config.write_text(f'database_url = "sqlite:///{tmp_path}/d.db"\n')
     result = CliRunner().invoke(main, ["--config", str(config), "doctor"])
     assert result.exit_code == 0, result.output
-    assert f"settings file: {config} (found)" in result.output and "schema version: 1" in result.output
+    assert f"settings file: {config} (found)" in result.output and "schema version: 2" in result.output
 
 
 def test_bad_settings_file_is_one_line_error(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from atlas_budget_plugin.exceptions import SettingsError, StoreUnavailable
 from atlas_budget_plugin.extensions import Extensions, get_plugin_manager
 from atlas_budget_plugin.hookspecs import hookimpl
 from atlas_budget_plugin.store import database
-from atlas_budget_plugin.store.models import SchemaVersion
+from atlas_budget_plugin.store.models import SCHEMA_VERSION, SchemaVersion
 from atlas_budget_plugin.types import Alert, BudgetEvent, BudgetThresholdEvent
 
 from ..conftest import sample_alert
@@ -22,11 +22,11 @@ from ..conftest import sample_alert
 
 def test_sqlite_url_creates_folders_and_schema(tmp_path: Path) -> None:
     db = database.open_database(f"sqlite:///{tmp_path}/deep/er/budget.db")
-    assert database.initialize(db) == 1
-    assert database.schema_version(db) == 1
+    assert database.initialize(db) == SCHEMA_VERSION
+    assert database.schema_version(db) == SCHEMA_VERSION
     assert (tmp_path / "deep" / "er" / "budget.db").exists()
     assert db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert database.initialize(db) == 1  # idempotent
+    assert database.initialize(db) == SCHEMA_VERSION  # idempotent
     db.close()
 
 
@@ -42,11 +42,12 @@ def test_migrations_run_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     db = database.open_database(f"sqlite:///{tmp_path}/m.db")
     database.initialize(db)
     ran = []
-    monkeypatch.setattr(database, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(database, "MIGRATIONS", {1: lambda d: ran.append(1), 2: lambda d: ran.append(2)})
-    assert database.initialize(db) == 3 and ran == [1, 2]
-    assert SchemaVersion.get().version == 3
-    monkeypatch.setattr(database, "SCHEMA_VERSION", 2)
+    now = SCHEMA_VERSION
+    monkeypatch.setattr(database, "SCHEMA_VERSION", now + 2)
+    monkeypatch.setattr(database, "MIGRATIONS", {now: lambda d: ran.append(now), now + 1: lambda d: ran.append(9)})
+    assert database.initialize(db) == now + 2 and ran == [now, 9]
+    assert SchemaVersion.get().version == now + 2
+    monkeypatch.setattr(database, "SCHEMA_VERSION", now + 1)
     with pytest.raises(StoreUnavailable, match="newer than this"):
         database.initialize(db)
     db.close()

@@ -1,0 +1,59 @@
+"""Schema migrations: each step upgrades a database from one ``SCHEMA_VERSION`` to the next.
+
+Steps run from ``store.database.initialize`` under the schema lock (one process at a
+time) and are idempotent, so a step interrupted half-way simply runs again.
+"""
+
+from __future__ import annotations
+
+import peewee as pw
+
+from .models import exact_collation
+
+#: The tables of schema version 1 (fixed: later tables are created exact from the start).
+V1_TABLES = (
+    "budget_meta",
+    "budget_policy",
+    "budget_spend_counter",
+    "budget_hold",
+    "budget_usage",
+    "budget_usage_hourly",
+    "budget_threshold_mark",
+    "budget_alert_config",
+    "budget_alert",
+    "budget_delivery",
+    "budget_audit",
+)
+
+
+def inexact_columns(db: pw.Database, table: str, collation: str) -> list[str]:
+    """Text columns of ``table`` (MariaDB/MySQL) whose collation is not ``collation``."""
+    rows = db.execute_sql(
+        "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+        "AND TABLE_NAME = %s AND COLLATION_NAME IS NOT NULL AND COLLATION_NAME <> %s",
+        (table, collation),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def exact_text(db: pw.Database) -> None:
+    """1 -> 2: every text column compares exactly (case, trailing spaces) on MariaDB/MySQL.
+
+    Version 1 tables took the server's default collation (``utf8mb4_general_ci``):
+    ``'ACME' = 'acme '`` was true in WHERE, GROUP BY and unique keys. Each table is
+    converted to the binary NO PAD collation the models now declare. Binary
+    comparison is finer than the old one, so no unique key can fail: rows only
+    become distinct. PostgreSQL and SQLite already compare exactly: nothing to do.
+
+    The conversion rebuilds each table (MariaDB copies it, blocking writes to it
+    meanwhile); tables already converted are skipped, so the step is idempotent.
+    """
+    collation = exact_collation(db)
+    if collation is None:
+        return
+    for table in V1_TABLES:
+        if db.table_exists(table) and inexact_columns(db, table, collation):
+            db.execute_sql(f"ALTER TABLE `{table}` CONVERT TO CHARACTER SET utf8mb4 COLLATE {collation}")
+
+
+__all__ = ["V1_TABLES", "exact_text", "inexact_columns"]
