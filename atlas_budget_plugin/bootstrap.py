@@ -58,6 +58,10 @@ class BudgetServices:
             reset_connection(self.db)
             log.warning("budget store still unreachable: %s", exc)
             return False
+        except SettingsError as exc:  # e.g. the database file was replaced by something else
+            reset_connection(self.db)
+            log.error("budget store cannot be used: %s", exc)
+            return False
         self.ready = True
         log.info("budget store reachable again")
         return True
@@ -109,7 +113,13 @@ def bootstrap(
     not ``ready`` and finish starting when it returns (the plugin does this).
     """
     settings = settings or BudgetSettings.load()
-    db = open_database(settings.database_url)
+    db = open_database(
+        settings.database_url,
+        connect_timeout=settings.store_connect_timeout,
+        statement_timeout=settings.store_statement_timeout,
+        lock_timeout=settings.store_lock_timeout,
+        durability=settings.durability,
+    )
     ready = True
     try:
         initialize(db)

@@ -12,6 +12,9 @@ LIFETIME = ("total", "lifetime")
 _ROLLING = re.compile(r"^(?:rolling:)?(\d+)([hd])$")
 ALLOWED = "hour, day, week, month, quarter, year, total (or lifetime), rolling:<N>h or rolling:<N>d"
 
+#: The longest rolling window: ten years of hours (longer windows are the lifetime, ``total``).
+MAX_ROLLING_HOURS = 10 * 365 * 24
+
 #: Start of the lifetime window; any fixed instant works, it only has to be stable.
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -43,10 +46,16 @@ def parse_period(value: str) -> Period:
         return Period("total")
     match = _ROLLING.match(text)
     if match:
-        count, unit = int(match.group(1)), match.group(2)
+        digits, unit = match.group(1), match.group(2)
+        count = int(digits) if len(digits) <= 9 else MAX_ROLLING_HOURS + 1  # never convert a huge number
         hours = count * 24 if unit == "d" else count
         if hours <= 0:
             raise ValueError(f"rolling window {value!r} must be at least 1h")
+        if hours > MAX_ROLLING_HOURS:
+            raise ValueError(
+                f"rolling window {value!r} is too long: it must be between 1h and {MAX_ROLLING_HOURS}h "
+                f'({MAX_ROLLING_HOURS // 24}d, ten years); for all time use period = "total"'
+            )
         return Period("rolling", hours)
     raise ValueError(f"unknown period {value!r}; allowed: {ALLOWED}")
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import logging
 import os
+import re
 import tomllib
 from contextvars import ContextVar
 from decimal import Decimal
@@ -12,20 +15,38 @@ from typing import Any, Literal
 
 import platformdirs
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from pydantic_settings import SettingsError as SourceError
 
 from .exceptions import SettingsError
 from .money import Money, parse_money
 from .types import Actor, AlertConfig, Policy
 
+log = logging.getLogger("atlas_budget_plugin")
+
 ENV_PREFIX = "ATLAS_BUDGET_"
 CONFIG_ENV = "ATLAS_BUDGET_CONFIG"
+
+#: The allowed range of every number a user can set: name -> (lowest, highest, unit).
+BOUNDS: dict[str, tuple[float, float, str]] = {
+    "evaluation_interval": (0, 86_400, "seconds"),
+    "reservation_ttl": (1, 7 * 86_400, "seconds"),
+    "default_max_output_tokens": (0, 10_000_000, "tokens"),
+    "default_input_tokens": (0, 10_000_000, "tokens"),
+    "retention_days": (0, 36_500, "days"),
+    "delivery_attempts": (1, 50, "attempts"),
+    "delivery_backoff": (0.001, 86_400, "seconds"),
+    "store_connect_timeout": (0.1, 600, "seconds"),
+    "store_statement_timeout": (0.1, 3_600, "seconds"),
+    "store_lock_timeout": (0.1, 3_600, "seconds"),
+}
 
 
 def default_config_file() -> Path:
@@ -75,6 +96,7 @@ class PolicySpec(Policy):
 
 
 _config_file: ContextVar[Path | None] = ContextVar("atlas_budget_config_file", default=None)
+_file_data: ContextVar[dict[str, Any] | None] = ContextVar("atlas_budget_file_data", default=None)
 
 
 class BudgetSettings(BaseSettings):
@@ -90,15 +112,19 @@ class BudgetSettings(BaseSettings):
     database_url: str = Field(default_factory=default_database_url)
     default_enforcement: Literal["block", "warn"] = "block"
     on_store_error: Literal["deny", "allow"] = "deny"
-    evaluation_interval: int = Field(default=60, ge=0)
-    reservation_ttl: int = Field(default=600, gt=0)
-    default_max_output_tokens: int = Field(default=1024, ge=0)
-    default_input_tokens: int = Field(default=1024, ge=0)
+    store_connect_timeout: float = Field(default=5.0, allow_inf_nan=False)
+    store_statement_timeout: float = Field(default=10.0, allow_inf_nan=False)
+    store_lock_timeout: float = Field(default=10.0, allow_inf_nan=False)
+    durability: Literal["full", "normal"] = "full"
+    evaluation_interval: int = 60
+    reservation_ttl: int = 600
+    default_max_output_tokens: int = 1024
+    default_input_tokens: int = 1024
     unknown_model: str = "block"
-    retention_days: int = Field(default=0, ge=0)
+    retention_days: int = 0
     spool_path: Path | None = None
-    delivery_attempts: int = Field(default=5, ge=1, le=50)
-    delivery_backoff: float = Field(default=30.0, gt=0)
+    delivery_attempts: int = 5
+    delivery_backoff: float = Field(default=30.0, allow_inf_nan=False)
     tenant: str = "default"
     actor: str = "system"
     roles: dict[str, Literal["budget:read", "budget:write", "budget:admin"]] = Field(default_factory=dict)
@@ -109,18 +135,28 @@ class BudgetSettings(BaseSettings):
 
     _config_path: Path | None = PrivateAttr(default=None)
 
+    @field_validator(*BOUNDS)
+    @classmethod
+    def _in_bounds(cls, value: float, info: ValidationInfo) -> float:
+        low, high, unit = BOUNDS[str(info.field_name)]
+        if not low <= value <= high:  # NaN is refused too
+            raise ValueError(f"must be between {low:g} and {high:g} {unit}")
+        return value
+
     @field_validator("unknown_model")
     @classmethod
     def _unknown_model(cls, value: str) -> str:
         if value in ("block", "allow_unpriced"):
             return value
         try:
-            parse_money(value, "unknown_model")
+            price = parse_money(value, "unknown_model")
         except ValueError:
             raise ValueError(
                 f"unknown_model must be 'block', 'allow_unpriced' or a default price per million "
                 f'tokens such as "1.00", got {value!r}'
             ) from None
+        if price < 0:
+            raise ValueError(f"unknown_model is a price and must not be negative, got {value!r}")
         return value
 
     @field_validator("policies")
@@ -167,21 +203,42 @@ class BudgetSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        file_data = _file_data.get()
+        if file_data is not None:  # load() has read (and checked) the file already: use what it read
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=file_data))
         path = _config_file.get() or default_config_file()
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path))
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> BudgetSettings:
-        """Build settings; any problem is one :class:`SettingsError` naming the file and key."""
-        path = Path(config_file).expanduser() if config_file else default_config_file()
+        """Build settings; any problem is one :class:`SettingsError` naming the file and key.
+
+        A settings file that is named (``config_file``, ``--config`` or ``$ATLAS_BUDGET_CONFIG``)
+        must exist; only the default location may be absent (then the defaults apply).
+        """
+        if config_file:
+            path = Path(config_file).expanduser()
+            named_by: str | None = "the config_file argument (--config)"
+        else:
+            path = default_config_file()
+            named_by = CONFIG_ENV if os.environ.get(CONFIG_ENV) else None
+        if named_by and not path.exists():
+            raise SettingsError(
+                f"settings file {path} named by {named_by} does not exist; check its spelling, create it "
+                f"(atlas-budget init writes a template), or unset {CONFIG_ENV} to use the default location"
+            )
         file_data = _read_toml(path)
-        token = _config_file.set(path)
+        _warn_unknown_env()
+        tokens = (_config_file.set(path), _file_data.set(file_data))
         try:
             settings = cls(**overrides)
         except pydantic.ValidationError as exc:
             raise SettingsError(_explain(exc, path, file_data, overrides)) from None
+        except SourceError as exc:
+            raise SettingsError(_explain_source(exc)) from None
         finally:
-            _config_file.reset(token)
+            _file_data.reset(tokens[1])
+            _config_file.reset(tokens[0])
         settings._config_path = path
         return settings
 
@@ -201,6 +258,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SettingsError(
             f"settings file {path} is not valid TOML: {exc}. Fix the syntax (strings need quotes, "
             'e.g. limit = "20.00") or point ATLAS_BUDGET_CONFIG at another file.'
+        ) from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise SettingsError(
+            f"settings file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} on line {line}); "
+            "save it as UTF-8 (e.g. iconv -f latin1 -t utf-8) or point ATLAS_BUDGET_CONFIG at another file."
         ) from None
     except OSError as exc:
         raise SettingsError(
@@ -248,3 +311,59 @@ def _explain(exc: pydantic.ValidationError, path: Path, file_data: dict[str, Any
         shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
         problems.append(f"{key}: {message}{shown} in {source}")
     return "invalid budget settings: " + "; ".join(problems)
+
+
+_SOURCE_ERROR = re.compile(r'error parsing value for field "(?P<field>[^"]+)" from source "(?P<source>[^"]+)"')
+
+
+def _explain_source(exc: SourceError) -> str:
+    """pydantic-settings could not read a value (a variable that is not JSON, mostly)."""
+    match = _SOURCE_ERROR.search(str(exc))
+    field = match.group("field") if match else "(unknown)"
+    cause = exc.__cause__ or exc.__context__
+    why = f" ({cause})" if cause else ""
+    if match and match.group("source") == "EnvSettingsSource":
+        name = f"{ENV_PREFIX}{field}".upper()
+        return (
+            f"invalid budget settings: environment variable {name} is not valid JSON{why}; tables and lists "
+            f'in variables are written as JSON, e.g. {ENV_PREFIX}ROLES=\'{{"alice": "budget:read"}}\', '
+            f"or set one key at a time with __, e.g. {ENV_PREFIX}ROLES__alice=budget:read"
+        )
+    return f"invalid budget settings: {field}: cannot be read{why}: {exc}"
+
+
+def unknown_env_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """One line per ``ATLAS_BUDGET_*`` variable that matches no setting (they are otherwise ignored).
+
+    Each line names the variable and, when one is close, the setting it probably meant:
+    ``ATLAS_BUDGET_RESERVATIONTTL matches no setting; did you mean ATLAS_BUDGET_RESERVATION_TTL?``
+    """
+    env = os.environ if environ is None else environ
+    fields = list(BudgetSettings.model_fields)
+    squashed = {name.replace("_", ""): name for name in fields}
+    problems = []
+    for variable in sorted(env):
+        upper = variable.upper()
+        if not upper.startswith(ENV_PREFIX) or upper == CONFIG_ENV:
+            continue
+        key = upper[len(ENV_PREFIX) :].split("__", 1)[0].lower()
+        if key in fields:
+            continue
+        guess = squashed.get(key.replace("_", "")) or next(
+            iter(difflib.get_close_matches(key, [*fields, "config"], n=1, cutoff=0.75)), None
+        )
+        rest = upper[len(ENV_PREFIX) + len(key) :]
+        hint = f"; did you mean {ENV_PREFIX}{guess.upper()}{rest}?" if guess else ""
+        problems.append(f"{variable} matches no setting and is ignored{hint}")
+    return problems
+
+
+_warned: set[str] = set()
+
+
+def _warn_unknown_env() -> None:
+    """Log each unknown ATLAS_BUDGET_* variable once per process."""
+    for line in unknown_env_variables():
+        if line not in _warned:
+            _warned.add(line)
+            log.warning("%s", line)

@@ -86,7 +86,7 @@ def make_services(db_url: str, clock: FakeClock, tmp_path: Path) -> Iterator[Any
 
     def make(**overrides: Any) -> BudgetServices:
         overrides.setdefault("database_url", db_url)
-        settings = BudgetSettings.load(tmp_path / "absent.toml", **overrides)
+        settings = BudgetSettings.load(None, **overrides)  # ATLAS_BUDGET_CONFIG is unset: defaults
         services = bootstrap(settings, clock=clock)
         made.append(services)
         return services

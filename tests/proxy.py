@@ -1,17 +1,24 @@
-"""A loopback TCP proxy that tests can take down and bring back, to simulate a database outage."""
+"""A loopback TCP proxy that tests can take down, stall and bring back, to simulate database outages."""
 
 from __future__ import annotations
 
 import select
 import socket
 import threading
+import time
 
 
 class Proxy:
-    """Forwards 127.0.0.1:<port> to ``target``; ``down()`` drops every connection and refuses new ones."""
+    """Forwards 127.0.0.1:<port> to ``target``; ``down()`` drops every connection and refuses new ones.
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    ``stall()`` makes it a black hole: connections stay open (nothing is refused or reset) but
+    nothing is forwarded any more, like a server or network path that hangs; ``resume()`` ends it.
+    With ``target=None`` it is a black hole from the start: it accepts connections and never answers.
+    """
+
+    def __init__(self, target: tuple[str, int] | None) -> None:
         self.target = target
+        self._stalled = threading.Event()
         probe = socket.socket()
         probe.bind(("127.0.0.1", 0))
         self.port = probe.getsockname()[1]
@@ -45,12 +52,22 @@ class Proxy:
                 pass
             conn.close()
 
+    def stall(self) -> None:
+        self._stalled.set()
+
+    def resume(self) -> None:
+        self._stalled.clear()
+
     def _accept(self, listener: socket.socket) -> None:
         while True:
             try:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self.target is None:  # a black hole: hold the connection open, answer nothing
+                with self._lock:
+                    self._conns.append(client)
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -63,8 +80,13 @@ class Proxy:
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         try:
             while True:
-                readable, _, _ = select.select([a, b], [], [], 30)
-                if not readable:
+                if a.fileno() < 0 or b.fileno() < 0:  # down() closed them
+                    return
+                if self._stalled.is_set():  # leave everything unread: the other side waits for ever
+                    time.sleep(0.02)
+                    continue
+                readable, _, _ = select.select([a, b], [], [], 0.1)
+                if not readable or self._stalled.is_set():
                     continue
                 for sock in readable:
                     data = sock.recv(65536)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import os
 import random
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlparse
 
 import peewee as pw
@@ -17,13 +22,18 @@ from ..exceptions import SettingsError, StoreUnavailable
 from .migrations import exact_text
 from .models import ALL_MODELS, SCHEMA_VERSION, Meta, SchemaVersion, db_proxy
 
-#: Durability first: a recorded call survives a crash or power loss once recorded.
+#: Durability first: a recorded call survives a crash or power loss once recorded
+#: (``durability = "normal"`` trades the last moments before a power loss for speed).
 SQLITE_PRAGMAS = {
-    "busy_timeout": 60_000,  # first, so the pragmas below wait for other processes too
+    "busy_timeout": 10_000,  # first, so the pragmas below wait for other processes too (store_lock_timeout)
     "journal_mode": "wal",
     "synchronous": "full",
     "foreign_keys": 1,
 }
+
+#: Extra time the client gives a PostgreSQL statement beyond store_statement_timeout, so that the
+#: server's own timeout (a clean error) usually answers before the client cuts the connection.
+CLIENT_GRACE = 1.0
 
 #: Arbitrary constant naming the advisory lock held while creating or migrating the schema.
 SCHEMA_LOCK_ID = 0x41544C53
@@ -34,28 +44,304 @@ SUPPORTED = "sqlite:///path/to/budget.db, postgresql://user@host:5432/db, mysql:
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: exact_text}
 
 
-def open_database(url: str) -> pw.Database:
-    """Return an (unconnected) peewee Database for ``url``; a bad URL is a SettingsError."""
+@dataclass(frozen=True)
+class StoreTimeouts:
+    """How long the store waits (seconds): to connect, for one statement, for a lock."""
+
+    connect: float = 5.0
+    statement: float = 10.0
+    lock: float = 10.0
+
+
+class StoreTimeout(StoreUnavailable, pw.OperationalError):
+    """The database did not answer within a configured timeout (a kind of unreachable store)."""
+
+
+def open_database(
+    url: str,
+    *,
+    connect_timeout: float = 5.0,
+    statement_timeout: float = 10.0,
+    lock_timeout: float = 10.0,
+    durability: Literal["full", "normal"] = "full",
+) -> pw.Database:
+    """Return an (unconnected) peewee Database for ``url``; a bad URL is a SettingsError.
+
+    PostgreSQL and MariaDB/MySQL connections wait at most ``connect_timeout`` to connect and
+    about ``statement_timeout`` for any answer (a server that stops answering is cut off, never
+    waited on for ever); a row lock is waited on at most ``lock_timeout``. Past them a statement
+    raises :class:`StoreTimeout`, one of :data:`STORE_ERRORS`. SQLite waits ``lock_timeout`` for
+    other processes' write lock, and syncs every commit to disk with ``durability = "full"``.
+    """
+    timeouts = StoreTimeouts(connect_timeout, statement_timeout, lock_timeout)
     scheme = urlparse(url).scheme
     if scheme not in db_url.schemes:
         raise SettingsError(f"database_url {url!r} has an unsupported scheme {scheme!r}; use one of {SUPPORTED}")
     params: dict[str, object] = {}
+    database_class: type[pw.Database] = db_url.schemes[scheme]
     if scheme.startswith("sqlite"):
         raw = url.split("://", 1)[1]
         path = raw[1:] if raw.startswith("/") else raw
         if path != ":memory:":
             file = Path(path).expanduser()
-            file.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                file.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise SettingsError(
+                    f"database_url {url!r}: the folder {file.parent} cannot be created ({exc.strerror}); "
+                    "point database_url at a folder you can write to"
+                ) from None
             url = f"{scheme}:///{file}"
-        params = {"pragmas": SQLITE_PRAGMAS, "timeout": 60}
+        pragmas = {**SQLITE_PRAGMAS, "busy_timeout": int(lock_timeout * 1000)}
+        if durability == "normal":
+            pragmas["synchronous"] = "normal"
+        params = {"pragmas": pragmas, "timeout": lock_timeout}
+    elif scheme.startswith("postgres"):
+        if getattr(pw, "psycopg2", None) is None and getattr(pw, "psycopg", None) is None:
+            raise SettingsError(
+                f"database_url {url!r} names PostgreSQL, but its driver is not installed; "
+                "install it with: pip install 'atlas-budget-plugin[postgres]'"
+            )
+        params = _postgres_params(timeouts)
+        database_class = _guarded(database_class)
     elif scheme.startswith("mysql"):
+        if getattr(pw, "mysql", None) is None:
+            raise SettingsError(
+                f"database_url {url!r} names MariaDB/MySQL, but its driver is not installed; "
+                "install it with: pip install 'atlas-budget-plugin[mysql]'"
+            )
         # READ COMMITTED: locking reads and sums see what other processes committed,
         # and InnoDB takes fewer gap locks (fewer deadlocks) than REPEATABLE READ.
-        params = {"charset": "utf8mb4", "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED"}
+        params = {
+            "charset": "utf8mb4",
+            "init_command": "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            "connect_timeout": connect_timeout,
+            # Waiting for the server's greeting and for every answer: a server that stops
+            # answering (or a port that is not MySQL) is given up after this long.
+            "read_timeout": statement_timeout,
+            "write_timeout": statement_timeout,
+        }
+        database_class = _guarded(database_class)
     try:
-        return db_url.connect(url, **params)
+        kwargs = {**params, **db_url.parse(url)}  # the URL's own ?key=value parameters win
+        if not kwargs.get("database"):
+            raise ValueError(f"{url!r} has no database name (local: sqlite:///file.db, servers: scheme://host/db)")
+        db = database_class(**kwargs)
     except (ValueError, RuntimeError) as exc:
         raise SettingsError(f"database_url {url!r} is invalid: {exc}. Use {SUPPORTED}") from None
+    db.store_timeouts = timeouts  # type: ignore[attr-defined]
+    return db
+
+
+def _postgres_params(timeouts: StoreTimeouts) -> dict[str, object]:
+    """libpq options: connect and server-side statement/lock timeouts, TCP keepalives."""
+    params: dict[str, object] = {
+        # libpq counts whole seconds and waits at least 2.
+        "connect_timeout": max(1, math.ceil(timeouts.connect)),
+        "options": (
+            f"-c statement_timeout={int(timeouts.statement * 1000)} -c lock_timeout={int(timeouts.lock * 1000)}"
+        ),
+        # A server that vanished without closing the connection is noticed while idle too.
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
+    return params
+
+
+def _timeouts_of(db: pw.Database) -> StoreTimeouts:
+    return getattr(db, "store_timeouts", None) or StoreTimeouts()
+
+
+class _Watchdog:
+    """Cuts the connection of a statement that has had no answer past its deadline.
+
+    libpq has no read timeout: a server (or a network path) that accepts a statement and then
+    answers nothing would block the calling thread for ever. The server's statement_timeout
+    cannot help when the statement never reaches it, so a deadline is armed around every
+    statement, and one daemon thread shuts the socket down when it passes (the blocked call
+    then fails at once and is reported as a :class:`StoreTimeout`).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._armed: dict[int, tuple[float, int]] = {}  # token -> (deadline, socket fd)
+        self._fired: set[int] = set()
+        self._tokens = 0
+        self._wake_at = math.inf
+        self._thread: threading.Thread | None = None
+
+    def arm(self, fd: int, seconds: float) -> int:
+        deadline = time.monotonic() + seconds
+        with self._cond:
+            self._tokens += 1
+            token = self._tokens
+            self._armed[token] = (deadline, fd)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="atlas-budget-watchdog", daemon=True)
+                self._thread.start()
+            if deadline < self._wake_at:
+                self._cond.notify()
+        return token
+
+    def disarm(self, token: int) -> bool:
+        """Forget the deadline; True if it had passed and the connection was cut."""
+        with self._cond:
+            self._armed.pop(token, None)
+            if token in self._fired:
+                self._fired.discard(token)
+                return True
+            return False
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                for token, (deadline, fd) in list(self._armed.items()):
+                    if deadline <= now:
+                        del self._armed[token]
+                        self._fired.add(token)
+                        _cut(fd)
+                self._wake_at = min((d for d, _ in self._armed.values()), default=math.inf)
+                self._cond.wait(None if self._wake_at == math.inf else self._wake_at - now)
+
+
+def _cut(fd: int) -> None:
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+_watchdog = _Watchdog()
+
+_PG_TIMEOUTS = {"57014": "store_statement_timeout", "55P03": "store_lock_timeout"}
+_MYSQL_LOCK_WAIT = 1205
+_MYSQL_LOST = {2013, 2003, 2006}
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    return getattr(exc, "orig", None) or exc.__cause__ or exc.__context__ or exc
+
+
+class _GuardedDatabase:
+    """Mixin for the PostgreSQL and MariaDB databases: every wait is bounded; timeouts are named."""
+
+    store_timeouts: StoreTimeouts
+
+    def connect(self, reuse_if_open: bool = False) -> bool:
+        self._state.timed_out = False  # type: ignore[attr-defined]
+        try:
+            return super().connect(reuse_if_open)  # type: ignore[misc]
+        except pw.OperationalError as exc:
+            explained = self._explain_timeout(exc, connecting=True)
+            if explained is exc:
+                raise
+            raise explained from exc
+
+    def _execute_cursor(self, sql: str, params: Any, **cursor_options: Any) -> Any:
+        if self.is_closed() and self.autoconnect:  # type: ignore[attr-defined]
+            self.connect()
+        return self._guard(super()._execute_cursor, sql, params, **cursor_options)  # type: ignore[misc]
+
+    def begin(self, *args: Any, **kwargs: Any) -> None:
+        self._guard(super().begin, *args, **kwargs)  # type: ignore[misc]
+
+    def commit(self) -> None:
+        self._guard(super().commit)  # type: ignore[misc]
+
+    def rollback(self) -> None:
+        if getattr(self._state, "timed_out", False):  # type: ignore[attr-defined]
+            return  # the connection was cut: nothing to roll back, the server discards the transaction
+        self._guard(super().rollback)  # type: ignore[misc]
+
+    def _guard(self, work: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        token = None
+        if isinstance(self, pw.PostgresqlDatabase) and not self.is_closed():
+            fd = self._state.conn.fileno()  # type: ignore[attr-defined]
+            token = _watchdog.arm(fd, self.store_timeouts.statement + CLIENT_GRACE)
+        cut = False
+        try:
+            result = work(*args, **kwargs)
+        except (pw.OperationalError, pw.InterfaceError, pw.DatabaseError) as exc:
+            cut = token is not None and _watchdog.disarm(token)
+            token = None
+            explained = self._explain_timeout(exc, cut=cut)
+            if explained is exc:
+                raise
+            raise explained from exc
+        finally:
+            if token is not None:
+                cut = _watchdog.disarm(token)
+        if cut:  # the answer came just as the deadline passed: the connection is gone all the same
+            self._state.timed_out = True  # type: ignore[attr-defined]
+            raise StoreTimeout(self._timeout_text("store_statement_timeout"))
+        return result
+
+    def _timeout_text(self, setting: str, during: str = "") -> str:
+        seconds = {
+            "store_connect_timeout": self.store_timeouts.connect,
+            "store_statement_timeout": self.store_timeouts.statement,
+            "store_lock_timeout": self.store_timeouts.lock,
+        }[setting]
+        server = "PostgreSQL" if isinstance(self, pw.PostgresqlDatabase) else "MariaDB/MySQL"
+        what = f"the {server} server did not answer"
+        if setting == "store_lock_timeout":
+            what = "a row lock was not granted"
+        return f"{what} within {seconds:g} s{during} ({setting})"
+
+    def _explain_timeout(self, exc: BaseException, *, cut: bool = False, connecting: bool = False) -> BaseException:
+        """A StoreTimeout naming the setting when ``exc`` is a timeout, else ``exc`` itself."""
+        if isinstance(exc, StoreTimeout):
+            return exc
+        during = " while connecting" if connecting else ""
+        if cut:
+            self._state.timed_out = True  # type: ignore[attr-defined]
+            return StoreTimeout(self._timeout_text("store_statement_timeout", during))
+        cause = _driver_error(exc)
+        text = str(cause)
+        pgcode = getattr(cause, "pgcode", None)
+        if pgcode in _PG_TIMEOUTS:
+            return StoreTimeout(self._timeout_text(_PG_TIMEOUTS[pgcode]))
+        if connecting and isinstance(self, pw.PostgresqlDatabase) and "timeout expired" in text:
+            return StoreTimeout(self._timeout_text("store_connect_timeout", during))
+        args: tuple[Any, ...] = getattr(cause, "args", ())
+        code = args[0] if args else None
+        if code == _MYSQL_LOCK_WAIT:
+            return StoreTimeout(self._timeout_text("store_lock_timeout"))
+        if code in _MYSQL_LOST and "timed out" in text:
+            self._state.timed_out = True  # type: ignore[attr-defined]
+            if code == 2003:  # the TCP connection itself was not made in time
+                return StoreTimeout(self._timeout_text("store_connect_timeout", during))
+            # No greeting or no answer: a server that hangs, or a port that is not MariaDB/MySQL.
+            hint = "; no greeting came: the server hangs or that port is not MariaDB/MySQL" if connecting else ""
+            return StoreTimeout(self._timeout_text("store_statement_timeout", during) + hint)
+        return exc
+
+    def _initialize_connection(self, conn: Any) -> None:
+        super()._initialize_connection(conn)  # type: ignore[misc]
+        if isinstance(self, pw.MySQLDatabase):
+            with conn.cursor() as cursor:
+                cursor.execute(f"SET SESSION innodb_lock_wait_timeout = {max(1, math.ceil(self.store_timeouts.lock))}")
+
+
+_guarded_classes: dict[type[pw.Database], type[pw.Database]] = {}
+
+
+def _guarded(database_class: type[pw.Database]) -> type[pw.Database]:
+    """``database_class`` with :class:`_GuardedDatabase` mixed in (one class per driver class)."""
+    if database_class not in _guarded_classes:
+        _guarded_classes[database_class] = type(
+            f"Guarded{database_class.__name__}", (_GuardedDatabase, database_class), {}
+        )
+    return _guarded_classes[database_class]
 
 
 def is_sqlite(db: pw.Database) -> bool:
@@ -84,7 +370,14 @@ def _schema_lock(db: pw.Database) -> Iterator[None]:
         finally:
             db.execute_sql("SELECT pg_advisory_unlock(%s)", (SCHEMA_LOCK_ID,))
     elif isinstance(db, pw.MySQLDatabase):
-        db.execute_sql("SELECT GET_LOCK('atlas_budget_schema', 120)")
+        # Wait less than the read timeout, so a busy lock is reported instead of cutting the connection.
+        wait = max(1, math.floor(_timeouts_of(db).statement) - 1)
+        got = db.execute_sql("SELECT GET_LOCK('atlas_budget_schema', %s)", (wait,)).fetchone()
+        if not got or got[0] != 1:
+            raise StoreTimeout(
+                f"another process held the schema lock of the budget database for more than {wait} s "
+                "(store_statement_timeout); it is probably creating or upgrading the schema: try again"
+            )
         try:
             yield
         finally:
@@ -108,7 +401,7 @@ def reset_connection(db: pw.Database) -> None:
 
 #: Server errors after which the whole transaction can simply run again.
 _RETRYABLE_PG = {"40001", "40P01"}  # serialization failure, deadlock detected
-_RETRYABLE_MYSQL = {1205, 1213}  # lock wait timeout, deadlock found
+_RETRYABLE_MYSQL = {1213}  # deadlock found (a lock wait timeout is answered, not waited out again)
 
 T = TypeVar("T")
 
@@ -166,6 +459,11 @@ def initialize(db: pw.Database) -> int:
             if not db.is_closed():  # pragma: no cover - connect failed half-way
                 db.close()
             time.sleep(0.05 * 2**attempt)
+        except pw.DatabaseError as exc:  # e.g. sqlite:////etc/passwd: "file is not a database"
+            raise SettingsError(
+                f"database_url names {db.database}, which is not a budget database ({exc}); point "
+                "database_url at the budget database or at a new file"
+            ) from None
     with _schema_lock(db), write_transaction(db):
         current = schema_version(db)
         if current is None:

@@ -52,7 +52,7 @@ def plugin(tmp_path: Path) -> Any:
     periods = ["hour", "day", "week", "month", "quarter", "year", "total", "rolling:24h", "rolling:7d", "rolling:30d"]
     for policy, period in zip(policies, periods, strict=True):
         policy["period"] = period
-    settings = BudgetSettings.load(tmp_path / "none.toml", database_url=f"sqlite:///{tmp_path}/b.db", policies=policies)
+    settings = BudgetSettings.load(None, database_url=f"sqlite:///{tmp_path}/b.db", policies=policies)
     services = bootstrap(settings)
     yield BudgetPlugin(services)
     services.close()

@@ -104,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp())
     url = f"sqlite:///{folder / 'bench.db'}"
-    services = bootstrap(BudgetSettings.load(folder / "none.toml", database_url=url))
+    services = bootstrap(BudgetSettings.load(None, database_url=url))
     started = time.perf_counter()
     seed(folder / "bench.db", args.rows)
     print(f"seeded {args.rows:,} rows in {time.perf_counter() - started:.1f} s")

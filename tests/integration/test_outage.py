@@ -57,7 +57,7 @@ def proxied(tmp_path: Path) -> Any:
 def test_outage_spools_and_replays_exactly(proxied: Any, tmp_path: Path, mode: str) -> None:
     proxy, url = proxied
     settings = BudgetSettings.load(
-        tmp_path / "none.toml",
+        None,
         database_url=url,
         on_store_error=mode,
         spool_path=tmp_path / "spool.jsonl",
@@ -116,7 +116,7 @@ def test_start_while_store_is_down_then_recover(proxied: Any, tmp_path: Path) ->
     proxy, url = proxied
     proxy.down()
     settings = BudgetSettings.load(
-        tmp_path / "none.toml",
+        None,
         database_url=url,
         spool_path=tmp_path / "spool.jsonl",
         evaluation_interval=0,

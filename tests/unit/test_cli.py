@@ -18,7 +18,7 @@ def test_demo_blocks_and_reports_same_totals_as_service(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["demo", "--database-url", url, "--seed", "3"])
     assert result.exit_code == 0, result.output
     assert "BLOCKED" in result.output and "alice" in result.output
-    services = bootstrap(BudgetSettings.load(tmp_path / "none.toml", database_url=url))
+    services = bootstrap(BudgetSettings.load(None, database_url=url))
     summary = services.tracking.get_usage_summary(None, "day", actor=Actor.system())
     services.close()
     assert f"Today: {summary.calls} calls, {summary.total_cost:f} USD" in result.output

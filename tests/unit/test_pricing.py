@@ -18,7 +18,7 @@ from hookspecs import LLMCall, LLMUsage
 
 
 def settings(tmp_path: Path, **kw: Any) -> BudgetSettings:
-    return BudgetSettings.load(tmp_path / "none.toml", **kw)
+    return BudgetSettings.load(None, **kw)
 
 
 def call(model: str = "gpt-4o", provider: str = "openai", **kw: Any) -> LLMCall:

@@ -64,7 +64,7 @@ def test_unreadable_response_is_a_clear_error(services: BudgetServices) -> None:
 
 
 def pricer(tmp_path: Path, **kw: Any) -> Pricer:
-    return Pricer(BudgetSettings.load(tmp_path / "none.toml", **kw))
+    return Pricer(BudgetSettings.load(None, **kw))
 
 
 def test_images_are_priced_per_unit_by_override(tmp_path: Path) -> None:

@@ -159,7 +159,7 @@ class Configured:
 def test_budget_configure_hands_plugins_their_section(tmp_path: Path) -> None:
     from atlas_budget_plugin.settings import BudgetSettings
 
-    settings = BudgetSettings.load(tmp_path / "none.toml", sinks={"configured": {"colour": "red"}})
+    settings = BudgetSettings.load(None, sinks={"configured": {"colour": "red"}})
     pm = get_plugin_manager(load=False)
     plugin = Configured()
     pm.register(plugin, name="configured")
