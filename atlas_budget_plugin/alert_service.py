@@ -21,7 +21,18 @@ from .store.database import STORE_ERRORS
 from .store.ledger import naive
 from .store.reports import UsageReports
 from .tracking_service import filter_for
-from .types import Actor, Alert, AlertConfig, BudgetAlertEvent, BudgetLimitEvent, Delivery, Policy, Scope, utcnow
+from .types import (
+    Actor,
+    Alert,
+    AlertConfig,
+    BudgetAlertEvent,
+    BudgetLimitEvent,
+    Delivery,
+    Policy,
+    Scope,
+    scope_arg,
+    utcnow,
+)
 
 log = logging.getLogger("atlas_budget_plugin.alerts")
 
@@ -159,7 +170,7 @@ class BudgetAlertService:
     def list_alerts(self, actor: Actor, scope: Scope | dict[str, Any] | None = None) -> list[AlertConfig]:
         """Alert configs of the actor's tenant, limited to policies whose scope includes ``scope``."""
         self.permissions.require(actor, "budget:read")
-        wanted = Scope.model_validate(scope or {})
+        wanted = scope_arg(scope)
         policies = {p.name: p for p in self.policies.repository.all(actor.tenant)}
         result = []
         for config in self.repository.configs(actor.tenant):  # invalid stored rows: see invalid_alerts

@@ -609,12 +609,16 @@ class AlertConfig(BaseModel):
             raise ValueError(f"cooldown is a number of seconds from 0 to {cls.MAX_COOLDOWN} (365 days), got {value}")
         return value
 
+    @field_validator("policy", "tenant")
+    @classmethod
+    def _text(cls, value: str, info: ValidationInfo) -> str:
+        return check_text(value, str(info.field_name), 200, min_length=1)
+
     @field_validator("sinks")
     @classmethod
     def _sinks(cls, value: list[str]) -> list[str]:
         for name in value:
-            if not 0 < len(name) <= 100:
-                raise ValueError(f"a sink name has 1 to 100 characters, got {len(name)}")
+            check_text(name, "sink name", 100, min_length=1)
         return list(dict.fromkeys(value))
 
     @field_validator("anomaly_minimum")

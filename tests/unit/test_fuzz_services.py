@@ -19,7 +19,6 @@ method was given and how many undocumented errors came out.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
 import os
 import string
@@ -35,7 +34,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from atlas_budget_plugin import BudgetServices
-from atlas_budget_plugin.alert_service import BudgetAlertService
 from atlas_budget_plugin.exceptions import (
     BudgetError,
     ConflictError,
@@ -44,8 +42,7 @@ from atlas_budget_plugin.exceptions import (
     UnknownPriceError,
     ValidationError,
 )
-from atlas_budget_plugin.tracking_service import BudgetTrackingService
-from atlas_budget_plugin.types import SCOPE_KEYS, Actor, AlertConfig, Policy
+from atlas_budget_plugin.types import SCOPE_KEYS, Actor, Policy
 from hookspecs import LLMCall
 
 T = TypeVar("T")
@@ -425,19 +422,9 @@ metadata = st.fixed_dictionaries(
 )
 
 
-#: The entry checks record_usage needs live in types.py (check_call, check_cost, usage_metadata); the call
-#: to them at the start of record_usage is the tracking service owner's to add. Until then this fails.
-pending_record_usage = pytest.mark.xfail(
-    "usage_metadata(" not in inspect.getsource(BudgetTrackingService.record_usage),
-    reason="record_usage does not yet validate its call and metadata before writing (types.usage_metadata)",
-    strict=True,
-)
-
-
 _plain = LLMCall(call_id="plain", provider="openai", model="gpt-4o")
 
 
-@pending_record_usage
 @fuzz
 @given(call=calls(), cost=st.one_of(st.just(Decimal("0.25")), decimals), meta=st.one_of(st.none(), metadata))
 # The cases the issue names: each used to commit a usage row and then raise.
@@ -553,19 +540,6 @@ alert_dicts = st.fixed_dictionaries(
 )
 
 
-def _alert_config_refuses_nul() -> bool:
-    try:
-        AlertConfig(policy="p\x00", threshold=80)
-    except pydantic.ValidationError:
-        return True
-    return False
-
-
-@pytest.mark.xfail(
-    not _alert_config_refuses_nul(),
-    reason="AlertConfig.policy lets NUL through to a query PostgreSQL refuses (fix: types.check_text in AlertConfig)",
-    strict=BACKEND == "postgres",  # SQLite and MariaDB store NUL, so there it passes
-)
 @fuzz
 @given(data=alert_dicts)
 @example(data={"policy": "p\x00", "threshold": 80})
@@ -594,11 +568,6 @@ def test_alert_ids(services: BudgetServices, alert_id: int, method: str) -> None
     assert alert_state(services) == before
 
 
-@pytest.mark.xfail(
-    "scope_arg(" not in inspect.getsource(BudgetAlertService.list_alerts),
-    reason="list_alerts lets a bad scope out as a raw pydantic error (fix: types.scope_arg)",
-    strict=True,
-)
 @fuzz
 @given(scope=scopes, tenant=st.one_of(st.just("default"), texts))
 @example(scope={"colour": "red"}, tenant="default")

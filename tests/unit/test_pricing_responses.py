@@ -11,7 +11,7 @@ import genai_prices
 import pytest
 
 from atlas_budget_plugin import BudgetServices
-from atlas_budget_plugin.exceptions import UnknownPriceError, ValidationError
+from atlas_budget_plugin.exceptions import UnknownPriceError
 from atlas_budget_plugin.pricing import Pricer
 from atlas_budget_plugin.settings import BudgetSettings
 from hookspecs import LLMCall, LLMUsage
@@ -56,11 +56,14 @@ def test_explicit_counts_win_over_response(services: BudgetServices) -> None:
     assert record is not None and record.input_tokens == 10
 
 
-def test_unreadable_response_is_a_clear_error(services: BudgetServices) -> None:
-    with pytest.raises(ValidationError, match="cannot read usage from the openai response"):
-        services.tracking.record_call(
-            LLMCall(call_id="y", provider="openai", model="gpt-4o"), LLMUsage(response={"nothing": "here"})
-        )
+def test_unreadable_response_is_recorded_at_the_estimate_and_says_why(
+    services: BudgetServices, caplog: pytest.LogCaptureFixture
+) -> None:
+    call = LLMCall(call_id="y", provider="openai", model="gpt-4o", estimated_cost=Decimal("0.05"))
+    record = services.tracking.record_call(call, LLMUsage(response={"nothing": "here"}))
+    assert record is not None and record.cost == Decimal("0.05")
+    assert "cannot read usage from the openai response" in record.price_source
+    assert "recorded at its estimate" in caplog.text
 
 
 def pricer(tmp_path: Path, **kw: Any) -> Pricer:

@@ -281,6 +281,7 @@ def test_unknown_variables_are_reported_once(monkeypatch: pytest.MonkeyPatch) ->
         "ATLAS_BUDGET_XYZZY matches no setting and is ignored",
     ]
     warned: list[str] = []
+    monkeypatch.setattr(settings_module, "_warned", set())  # other tests in this process may have warned already
     monkeypatch.setattr(settings_module.log, "warning", lambda fmt, *args: warned.append(fmt % args))
     BudgetSettings.load()
     BudgetSettings.load()
