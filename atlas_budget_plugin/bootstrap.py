@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import peewee as pw
 import pluggy
@@ -81,6 +82,13 @@ class BudgetServices:
         """Every periodic duty, in order: replay the outage spool, expire holds, alerts, prune old rows."""
         if not self.ensure_ready(retry_after=0):
             return {"spooled": self.tracking.spool.pending() if self.tracking.spool else 0}
+        missing = self.missing_database_file()
+        if missing:
+            log.critical(
+                "the budget database file %s was deleted while in use: what is recorded now goes to a file nobody "
+                "can open again; restore it or restart the host to start a new one",
+                missing,
+            )
         try:
             done = {"replayed": self.tracking.replay_spool()}
             done["expired"] = self.policies.expire_reservations(now)
@@ -91,6 +99,13 @@ class BudgetServices:
             log.warning("budget tick stopped, store unreachable: %s", exc)
             return {"failed": 1}
         return done
+
+    def missing_database_file(self) -> str | None:
+        """The SQLite file's path when it no longer exists (deleted under a running host), else None."""
+        if not isinstance(self.db, pw.SqliteDatabase) or self.db.database in ("", ":memory:"):
+            return None
+        path = Path(self.db.database)
+        return None if path.exists() else str(path)
 
     def close(self) -> None:
         if not self.db.is_closed():

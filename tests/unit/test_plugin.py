@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -174,3 +175,16 @@ def test_broken_settings_deny_calls_clearly_until_fixed(
         guard.usage = LLMUsage(input_tokens=10, output_tokens=1)
     assert plugin.services.tracking.list_usage(Actor.system())[0].call_id == "p2"
     plugin.close()
+
+
+def test_a_deleted_sqlite_file_is_reported_loudly(
+    services: BudgetServices, host: pluggy.PluginManager, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert services.missing_database_file() is None
+    if services.ledger.kind != "sqlite":
+        pytest.skip("only an SQLite store is a file (this runs in the default, SQLite environment)")
+    path = services.db.database
+    os.unlink(path)
+    host.hook.on_period_tick(now=clock.now)
+    assert services.missing_database_file() == path
+    assert "was deleted while in use" in caplog.text
