@@ -146,7 +146,7 @@ def bootstrap(
     extensions = Extensions(plugin_manager or get_plugin_manager())
     bus = MessageBus(extensions)
     pricer = Pricer(settings, extensions)
-    ledger = Ledger(db)
+    ledger = Ledger(db, settings.durability)
     permissions = BudgetPermissionChecker()
     repository = PolicyRepository(db)
     policies = BudgetPolicyService(repository, ledger, pricer, bus, settings, permissions, clock)

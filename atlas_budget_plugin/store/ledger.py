@@ -208,11 +208,15 @@ class Ledger:
     counters. A hold is always released from the counter it was taken on.
     """
 
-    def __init__(self, db: pw.Database) -> None:
+    def __init__(self, db: pw.Database, durability: str = "full") -> None:
         self.db = db
         self.sqlite = is_sqlite(db)
         self.kind = "sqlite" if self.sqlite else ("mysql" if isinstance(db, pw.MySQLDatabase) else "postgres")
         self._lock = "" if self.sqlite else " FOR UPDATE"
+        # One fsync per call on SQLite: a hold commits without a sync (WAL at synchronous=NORMAL still
+        # survives a killed process), and the settlement's synced commit (FULL) makes everything
+        # before it durable too. A hold lost to a power cut only un-reserves a call that died with it.
+        self._unsynced_holds = self.sqlite and durability == "full"
 
     # -- SQL helpers ------------------------------------------------------------------------
 
@@ -248,6 +252,20 @@ class Ledger:
                 total += int(row["cost_units"])
         return total
 
+    def _hours_with_spend(self, tenant: str, scope: Scope, start: datetime, end: datetime) -> set[datetime]:
+        """The UTC hours in ``[start, end)`` in which calls ``scope`` covers were recorded."""
+        rows = self._sql(
+            f"SELECT recorded_at, {', '.join(_BACKFILL_COLUMNS)} FROM {_USAGE} "
+            "WHERE tenant = ? AND recorded_at >= ? AND recorded_at < ?",
+            (tenant, self._dt(start), self._dt(end)),
+        ).fetchall()
+        hours = set()
+        for values in rows:
+            row = dict(zip(_BACKFILL_COLUMNS, values[1:], strict=True))
+            if row["tenant"] == tenant and scope_matches_row(scope, row):
+                hours.add(bucket_hour(aware(values[0])))
+        return hours
+
     def _backfill(self, target: Target, start: datetime, end: datetime) -> int:
         if target.scope is None or target.tenant is None:
             return 0
@@ -273,11 +291,10 @@ class Ledger:
 
     def _find_counters(self, targets: Sequence[Target]) -> dict[int, int]:
         """policy_id -> counter id of each target's current counter (no lock)."""
-        pairs = ", ".join("(?, ?)" for _ in targets)
+        # OR of equalities, not a row-value IN: SQLite scans the whole index for the latter.
+        pairs = " OR ".join("(policy_id = ? AND window_start = ?)" for _ in targets)
         params = [v for t in targets for v in (t.policy_id, self._dt(t.key))]
-        rows = self._sql(
-            f"SELECT id, policy_id FROM {_COUNTER} WHERE (policy_id, window_start) IN ({pairs})", params
-        ).fetchall()
+        rows = self._sql(f"SELECT id, policy_id FROM {_COUNTER} WHERE {pairs}", params).fetchall()
         return {int(r[1]): int(r[0]) for r in rows}
 
     def _lock_ids(self, ids: Iterable[int]) -> dict[int, tuple[int, int, int]]:
@@ -313,6 +330,17 @@ class Ledger:
                 (target.policy_id, self._dt(target.key), spent),
             )
 
+    def _sqlite_counters(self, targets: Sequence[Target]) -> dict[int, tuple[int, int, int, int]]:
+        """policy_id -> (counter id, policy_id, spent, reserved) in one read (BEGIN IMMEDIATE holds the lock)."""
+        # OR of equalities, not a row-value IN: SQLite scans the whole index for the latter.
+        pairs = " OR ".join("(policy_id = ? AND window_start = ?)" for _ in targets)
+        params = [v for t in targets for v in (t.policy_id, self._dt(t.key))]
+        rows = self._sql(
+            f"SELECT id, policy_id, spent_units, reserved_units FROM {_COUNTER} WHERE {pairs}",
+            params,
+        ).fetchall()
+        return {int(r[1]): (int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows}
+
     def _ensure_counters(
         self, targets: Sequence[Target], also_lock: Iterable[int] = ()
     ) -> tuple[dict[int, int], dict[int, tuple[int, int, int]]]:
@@ -320,12 +348,21 @@ class Ledger:
 
         :return: policy_id -> counter id of each target, and the locked rows by counter id.
         """
+        if self.sqlite:  # BEGIN IMMEDIATE already holds the only write lock: find and read in one statement
+            read = self._sqlite_counters(targets) if targets else {}
+            if len(read) < len({t.policy_id for t in targets}):
+                self._create_counters([t for t in targets if t.policy_id not in read])
+                read = self._sqlite_counters(targets)
+            rows = {r[0]: (r[1], r[2], r[3]) for r in read.values()}
+            extra = [i for i in also_lock if i not in rows]
+            if extra:
+                rows.update(self._lock_ids(extra))
+            return {pid: r[0] for pid, r in read.items()}, rows
         found = self._find_counters(targets) if targets else {}
         missing = [t for t in targets if t.policy_id not in found]
         if missing:
             self._create_counters(missing)
             found = self._find_counters(targets)
-        # On SQLite, BEGIN IMMEDIATE already holds the only write lock and this is a plain read.
         return found, self._lock_ids([*found.values(), *also_lock])
 
     def _standings(
@@ -334,13 +371,15 @@ class Ledger:
         rolling = [t for t in targets if t.period.is_rolling]
         sums: dict[int, tuple[int, int]] = {}
         if rolling:
-            where = " OR ".join("(policy_id = ? AND window_start >= ? AND window_start < ?)" for _ in rolling)
-            params = [v for t in rolling for v in (t.policy_id, self._dt(t.window_start), self._dt(t.window_end))]
-            for policy_id, spent, reserved in self._sql(
-                f"SELECT policy_id, SUM(spent_units), SUM(reserved_units) FROM {_COUNTER} WHERE {where} "
-                "GROUP BY policy_id",
-                params,
-            ).fetchall():
+            # One indexed range sum per policy, glued with UNION ALL (an OR of ranges plus GROUP BY is slower).
+            one = (
+                f"SELECT ?, SUM(spent_units), SUM(reserved_units) FROM {_COUNTER} "
+                "WHERE policy_id = ? AND window_start >= ? AND window_start < ?"
+            )
+            params = [
+                v for t in rolling for v in (t.policy_id, t.policy_id, self._dt(t.window_start), self._dt(t.window_end))
+            ]
+            for policy_id, spent, reserved in self._sql(" UNION ALL ".join(one for _ in rolling), params).fetchall():
                 sums[int(policy_id)] = (int(spent or 0), int(reserved or 0))
         result = []
         for target in targets:
@@ -420,7 +459,13 @@ class Ledger:
                 )
             return standings, Reservation.HELD
 
-        return run_in_transaction(self.db, work)
+        if not self._unsynced_holds:
+            return run_in_transaction(self.db, work)
+        self.db.execute_sql("PRAGMA synchronous = NORMAL")
+        try:
+            return run_in_transaction(self.db, work)
+        finally:
+            self.db.execute_sql("PRAGMA synchronous = FULL")
 
     @staticmethod
     def _check_range(
@@ -540,7 +585,11 @@ class Ledger:
                 values,
             )
             self._roll_up(stored)
-            after = self._standings(current, ids, self._lock_ids(ids.values())) if current else []
+            changed = {
+                cid: (pid, spent + deltas.get(cid, (0, 0))[1], held + deltas.get(cid, (0, 0))[0])
+                for cid, (pid, spent, held) in rows.items()
+            }
+            after = self._standings(current, ids, changed) if current else []
             return Settlement(stored, True, tuple(after))
 
         try:
@@ -625,7 +674,7 @@ class Ledger:
         """Rebuild a policy's counters after its scope, period or timezone changed.
 
         The old counters counted other calls, so they are dropped; the counter of
-        the current window (and, for rolling windows, of every hour in it) starts
+        the current window (and, for rolling windows, of every hour in it with spend) starts
         from the spend recorded in its span under the new scope, and the holds of
         calls in flight move onto the counter of the window that admitted them.
         """
@@ -635,11 +684,10 @@ class Ledger:
             self._sql(f"DELETE FROM {_COUNTER} WHERE policy_id = ?", (policy_id,))
             current = target_at(now)
             wanted = {current.key: current}
-            if current.period.is_rolling:
-                hour = current.window_start
-                while hour < current.window_end:
+            if current.period.is_rolling and current.scope is not None and current.tenant is not None:
+                # Only the hours that have recorded spend get a counter: a 30-day window is 720 hours.
+                for hour in self._hours_with_spend(current.tenant, current.scope, current.window_start, current.key):
                     wanted.setdefault(hour, replace(current, counter_start=hour))
-                    hour += _HOUR
             by_hold = {h.id: target_at(h.created_at) for h in holds}
             for target in by_hold.values():
                 wanted.setdefault(target.key, target)
