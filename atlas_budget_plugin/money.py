@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Annotated, Any
 
@@ -37,9 +38,18 @@ def tidy(amount: Decimal) -> Decimal:
     return amount.quantize(CENT) if amount.as_tuple().exponent > -2 else amount  # type: ignore[operator]
 
 
+@functools.lru_cache(maxsize=16_384)
+def _from_units(units: int) -> Decimal:
+    return tidy(Decimal(units).scaleb(-SCALE))
+
+
 def from_units(units: int | None) -> Decimal:
-    """Integer store units -> Decimal currency amount (exact)."""
-    return tidy(Decimal(int(units or 0)).scaleb(-SCALE))
+    """Integer store units -> Decimal currency amount (exact).
+
+    Cached: every call turns the same limits, estimates and running totals into Decimals dozens of
+    times, and ``tidy`` is the costly part. Decimals are immutable, so sharing one is safe.
+    """
+    return _from_units(int(units or 0))
 
 
 def parse_money(value: Any, field: str = "amount") -> Decimal:
