@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 import sys
+import time
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pluggy
@@ -16,7 +18,13 @@ from hookspecs import specs as host_specs
 
 
 def main(url: str, config: str, log_path: str, name: str) -> None:
-    services = bootstrap(BudgetSettings.load(config, database_url=url))
+    settings = BudgetSettings.load(config, database_url=url)
+    if "CRASH_CLOCK_BASE" in os.environ:  # a fast clock, so a run crosses many hour boundaries
+        base, start = datetime.fromisoformat(os.environ["CRASH_CLOCK_BASE"]), float(os.environ["CRASH_CLOCK_T0"])
+        speed = float(os.environ["CRASH_CLOCK_SPEED"])
+        services = bootstrap(settings, clock=lambda: base + timedelta(seconds=(time.time() - start) * speed))
+    else:
+        services = bootstrap(settings)
     pm = pluggy.PluginManager(host_specs.PROJECT)
     pm.add_hookspecs(host_specs)
     pm.register(BudgetPlugin(services), name="budget")

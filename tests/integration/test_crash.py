@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -31,11 +31,20 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_kill_nine_loses_nothing_committed(tmp_path: Path, backend: str) -> None:
     url = f"sqlite:///{tmp_path}/crash.db" if backend == "sqlite" else server_url(backend)
     config = tmp_path / "budget.toml"
-    config.write_text('evaluation_interval = 0\n[[policies]]\nname = "all"\nperiod = "total"\nlimit = "1000000"\n')
+    config.write_text(
+        'evaluation_interval = 0\n[[policies]]\nname = "all"\nperiod = "total"\nlimit = "1000000"\n'
+        '[[policies]]\nname = "hourly"\nperiod = "hour"\nlimit = "1000000"\n'
+    )
     bootstrap(BudgetSettings.load(config, database_url=url)).close()  # schema and policy before the workers race
     rng = random.Random(7)
     logs = []
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)}
+    # The workers' clock runs 600 times faster than the wall clock: every killed round crosses hour boundaries.
+    clock = {
+        "CRASH_CLOCK_BASE": "2026-03-31T22:55:00+00:00",
+        "CRASH_CLOCK_T0": str(time.time()),
+        "CRASH_CLOCK_SPEED": "600",
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), **clock}
     for round_ in range(6):
         workers = []
         for w in range(3):
@@ -79,11 +88,22 @@ def test_kill_nine_loses_nothing_committed(tmp_path: Path, backend: str) -> None
     total_units = sum(r.cost_units for r in UsageRow.select())
     rollup = UsageHourly.select().where(UsageHourly.dimension == "*")
     assert sum(r.cost_units for r in rollup) == total_units and sum(r.calls for r in rollup) == len(rows)
-    (counter,) = SpendCounter.select()
+    policies = {p.name: p.id for p in services.policies.repository.all("default")}
+    (counter,) = SpendCounter.select().where(SpendCounter.policy_id == policies["all"])
     assert counter.spent_units == total_units
-    assert counter.reserved_units == sum(h.amount_units for h in Hold.select())
+    holds = list(Hold.select())
+    for counter in SpendCounter.select():
+        assert counter.reserved_units == sum(h.amount_units for h in holds if h.counter_id == counter.id)
+    # Each hour's counter holds exactly the calls admitted in that hour, across the boundaries crossed.
+    hourly = list(SpendCounter.select().where(SpendCounter.policy_id == policies["hourly"]))
+    assert len(hourly) >= 3, "the runs should have crossed several hour boundaries"
+    for counter in hourly:
+        start = counter.window_start
+        in_hour = [r for r in UsageRow.select() if start <= r.recorded_at < start + timedelta(hours=1)]
+        assert counter.spent_units == sum(r.cost_units for r in in_hour), start
     # Holds of killed calls are released once their TTL has passed.
-    later = services.policies.clock() + timedelta(seconds=services.settings.reservation_ttl + 1)
+    latest = max((h.expires_at for h in holds), default=None)
+    later = (latest.replace(tzinfo=timezone.utc) if latest else services.policies.clock()) + timedelta(seconds=1)
     services.policies.expire_reservations(later)
     assert services.ledger.outstanding_units() == 0 and Hold.select().count() == 0
     services.close()
