@@ -445,6 +445,68 @@ def _retryable(exc: BaseException) -> bool:
     return False
 
 
+@dataclass
+class _Job:
+    """One caller's transaction body waiting for a shared commit."""
+
+    work: Callable[[], Any]
+    done: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+
+def _queue(db: pw.Database) -> list[_Job]:
+    queue = getattr(db, "_atlas_commit_queue", None)
+    if queue is None:
+        with _writer_locks_guard:
+            queue = getattr(db, "_atlas_commit_queue", None)
+            if queue is None:
+                queue = []
+                setattr(db, "_atlas_commit_queue", queue)  # noqa: B010 - peewee databases take new attributes
+    return queue
+
+
+def run_grouped(db: pw.Database, work: Callable[[], T]) -> T:
+    """Run ``work`` in a write transaction it may share with other threads' work: one commit, one fsync.
+
+    Group commit for SQLite. A caller queues its work and takes the in-process writer lock;
+    whoever holds the lock runs every queued body, each in its own savepoint (one body's error
+    rolls back only that body and is raised to its own caller), and commits them together.
+    Each caller returns only after the commit that made its work durable; a caller whose
+    work someone else committed finds it done when it gets the lock. Elsewhere it is
+    :func:`run_in_transaction`.
+    """
+    if not is_sqlite(db):
+        return run_in_transaction(db, work)
+    job = _Job(work)
+    queue = _queue(db)
+    with _writer_locks_guard:
+        queue.append(job)
+    with _writer_lock(db):
+        if not job.done:
+            with _writer_locks_guard:
+                batch = list(queue)
+                queue.clear()
+            try:
+                with db.atomic("IMMEDIATE"):
+                    for each in batch:
+                        try:
+                            with db.atomic():  # a savepoint inside the shared transaction
+                                each.result = each.work()
+                        except Exception as exc:
+                            each.error = exc
+            except BaseException as exc:  # the commit itself failed: nobody's work is durable
+                for each in batch:
+                    each.error, each.result = exc, None
+                raise
+            finally:
+                for each in batch:
+                    each.done = True
+    if job.error is not None:
+        raise job.error
+    return job.result
+
+
 def run_in_transaction(db: pw.Database, work: Callable[[], T], attempts: int = 8) -> T:
     """Run ``work`` in one write transaction, again from the start after a deadlock.
 

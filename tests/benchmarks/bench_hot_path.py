@@ -129,8 +129,9 @@ def interleaved(folder: Path, rounds: int) -> None:
         p.services.close()
 
 
-def threads(folder: Path, durability: str, workers: int = 50, calls: int = 20) -> None:
-    budget = plugin(folder, durability, f"{durability}-threads")
+def threads(folder: Path, durability: str, grouped: bool, workers: int = 50, calls: int = 20) -> None:
+    budget = plugin(folder, durability, f"{durability}-{grouped}-threads")
+    budget.services.ledger.group_commit = grouped
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -150,7 +151,8 @@ def threads(folder: Path, durability: str, workers: int = 50, calls: int = 20) -
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99) - 1]
     print(
-        f"  {workers} threads x {calls} calls at {durability}: {len(latencies) / elapsed:7.1f} calls/s, "
+        f"  {workers} threads x {calls} calls at {durability}, group commit {'on ' if grouped else 'off'}: "
+        f"{len(latencies) / elapsed:7.1f} calls/s, "
         f"p50 {statistics.median(latencies) * 1000:6.1f} ms, p99 {p99 * 1000:6.1f} ms"
     )
     budget.close()
@@ -164,7 +166,8 @@ def main() -> None:
         folder = Path(name)
         interleaved(folder, rounds)
         for durability in ("full", "normal"):
-            threads(folder, durability)
+            for grouped in (False, True):
+                threads(folder, durability, grouped)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,34 @@ def test_budget_configure_hands_plugins_their_section(tmp_path: Path) -> None:
         SettingsError, match=r"plugin 'picky' refused its settings: needs a colour\. Fix its \[sinks.picky\]"
     ):
         Extensions(pm).configure(settings)
+
+
+def test_group_commit_runs_each_body_in_its_own_savepoint(tmp_path: Path) -> None:
+    """Bodies queued by many threads commit together; one body's error reaches only its own caller."""
+    db = database.open_database(f"sqlite:///{tmp_path}/g.db")
+    db.execute_sql("CREATE TABLE t (n INTEGER UNIQUE)")
+    outcomes: dict[int, object] = {}
+
+    def body(n: int) -> int:
+        db.execute_sql("INSERT INTO t (n) VALUES (?)", (n,))
+        if n % 7 == 3:
+            raise ValueError(f"body {n} fails after writing")
+        return n * 10
+
+    def caller(n: int) -> None:
+        try:
+            outcomes[n] = database.run_grouped(db, lambda: body(n))
+        except ValueError as exc:
+            outcomes[n] = exc
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = {row[0] for row in db.execute_sql("SELECT n FROM t").fetchall()}
+    failing = {n for n in range(40) if n % 7 == 3}
+    assert stored == set(range(40)) - failing  # a failed body left nothing behind
+    assert all(outcomes[n] == n * 10 for n in stored)
+    assert all(isinstance(outcomes[n], ValueError) and str(n) in str(outcomes[n]) for n in failing)
+    db.close()
