@@ -217,7 +217,7 @@ class Ledger:
         # survives a killed process), and the settlement's synced commit (FULL) makes everything
         # before it durable too. A hold lost to a power cut only un-reserves a call that died with it.
         self._unsynced_holds = self.sqlite and durability == "full"
-        self.group_commit = True  # off only to measure what it saves
+        self.group_commit = self._unsynced_holds  # where commits sync, callers arriving together share one
 
     # -- SQL helpers ------------------------------------------------------------------------
 
