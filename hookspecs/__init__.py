@@ -1,9 +1,10 @@
-"""The ATLAS host contract: markers, call/usage/verdict types, hook specs, loader, guard.
+"""The ATLAS host contract: markers, call/usage/verdict types, hook specs, loader, guards (sync and asyncio).
 
 This package holds no budget code. ATLAS imports only this; plugins are found
 through the entry-point group ``atlas`` and write ``from hookspecs import hookimpl``.
 """
 
+from .aio import async_guarded_call
 from .guard import CallGuard, guarded_call, post_each, run_guarded
 from .loader import (
     BLOCKED_ENV,
@@ -15,6 +16,8 @@ from .loader import (
     plugin_names,
 )
 from .specs import PROJECT, hookimpl, hookspec
+from .streams import StreamUsage, plain
+from .tokens import approx_tokens
 from .types import CallBlocked, LLMCall, LLMUsage, Verdict
 
 __all__ = [
@@ -27,12 +30,16 @@ __all__ = [
     "LLMUsage",
     "LoadFailure",
     "PluginLoadError",
+    "StreamUsage",
     "Verdict",
+    "approx_tokens",
+    "async_guarded_call",
     "guarded_call",
     "hookimpl",
     "hookspec",
     "load_entry_points",
     "load_plugins",
+    "plain",
     "plugin_names",
     "post_each",
     "run_guarded",

@@ -79,9 +79,15 @@ class LLMUsage:
     """What a finished call consumed, as reported by the provider.
 
     ``cost``, when the provider reports one, wins over any computed price.
-    ``response`` may carry the raw provider response body so usage can be
-    extracted from it by a plugin. ``units`` counts what is not billed in tokens,
-    e.g. ``{"images": 2}`` or ``{"audio_seconds": Decimal("31.5")}``.
+    ``response`` may carry the raw provider response body (a dict, or the SDK's
+    response object) so usage can be extracted from it by a plugin. ``units``
+    counts what is not billed in tokens, e.g. ``{"images": 2}`` or
+    ``{"audio_seconds": Decimal("31.5")}``, and token details the four counts
+    include, e.g. ``{"cache_write_1h_tokens": 2000}`` (Anthropic 1-hour cache writes).
+    ``service_tier`` is the tier the provider says it served the call at
+    (OpenAI ``priority``, ``flex``); ``billed=True`` says the provider billed the
+    call even when no usage is known (a stream abandoned after it started), so it
+    is recorded at its estimate instead of released.
     """
 
     input_tokens: int = 0
@@ -91,8 +97,14 @@ class LLMUsage:
     cost: Decimal | None = None
     response: Any = None
     units: Mapping[str, int | Decimal] = field(default_factory=dict)
+    service_tier: str | None = None
+    billed: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.service_tier is not None and (not isinstance(self.service_tier, str) or not self.service_tier.strip()):
+            raise TypeError(f"LLMUsage.service_tier must be a non-empty string or None, got {self.service_tier!r}")
+        if self.billed is not None and not isinstance(self.billed, bool):
+            raise TypeError(f"LLMUsage.billed must be True, False or None, got {self.billed!r}")
         for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
             _count(f"LLMUsage.{name}", getattr(self, name), optional=False)
         if self.cache_read_tokens + self.cache_write_tokens > self.input_tokens:
