@@ -12,6 +12,7 @@ import genai_prices
 from genai_prices import data_snapshot
 
 from hookspecs import LLMCall, LLMUsage
+from hookspecs.streams import plain
 
 from .exceptions import UnknownPriceError, ValidationError
 from .money import MAX_AMOUNT, quantize
@@ -40,17 +41,70 @@ _NOT_CHAT = (
 
 #: Usage keys the genai-prices catalogue can price (beyond the four token counts).
 CATALOGUE_UNITS = frozenset(genai_prices.types._reported_usage_keys())
+#: Catalogue keys that detail the four token counts (``cache_write_1h_tokens``, ``output_reasoning_tokens``...):
+#: already counted in those totals, so a ``[prices]`` override prices them at their total's price.
+TOKEN_DETAILS = frozenset(k for k in CATALOGUE_UNITS if k.endswith("_tokens")) - frozenset(TOKEN_FIELDS)
 
 
-def _flavor(provider: str, response: Any) -> str:
-    """The genai-prices API flavour of a raw response body."""
-    if provider != "openai" or not isinstance(response, dict):
+def _flavors(provider: str) -> list[str]:
+    found = next((p for p in data_snapshot.get_snapshot().providers if p.id == provider), None)
+    return [e.api_flavor for e in (found.extractors or [])] if found else []
+
+
+def _flavor(provider: str, body: Any) -> str:
+    """The genai-prices API flavour of a response body (a plain dict), from its shape.
+
+    OpenAI chat completions and Responses bodies differ in their usage names
+    (``prompt_tokens`` against ``input_tokens``); an OpenAI-shaped body from
+    another provider (an OpenAI-compatible endpoint, LiteLLM) is read with that
+    provider's ``chat`` flavour when it has one.
+    """
+    if not isinstance(body, dict):
         return "default"
-    if response.get("object") == "response" or "output" in response:
-        return "responses"
-    if response.get("object") == "list" and "data" in response:
-        return "embeddings"
-    return "chat"
+    found = body.get("usage")
+    usage: dict[str, Any] = found if isinstance(found, dict) else {}
+    kind = str(body.get("object") or "")
+    if kind == "list" and "data" in body:
+        wanted = "embeddings"
+    elif kind == "response" or (provider == "openai" and ("output" in body or "input_tokens" in usage)):
+        wanted = "responses"
+    elif kind.startswith("chat.completion") or "prompt_tokens" in usage:
+        wanted = "chat"
+    else:
+        wanted = "default"
+    flavors = _flavors(provider)
+    if wanted in flavors or not flavors:
+        return wanted
+    if "default" in flavors:
+        return "default"
+    return "chat" if "chat" in flavors else flavors[0]
+
+
+def _service_tier(body: Any) -> str | None:
+    """The tier the provider served the call at, as its body reports it (OpenAI: ``service_tier``)."""
+    tier = body.get("service_tier") if isinstance(body, dict) else None
+    return tier if isinstance(tier, str) and tier else None
+
+
+#: Marks an estimate built from the settings' default token counts (see :func:`estimate_basis`).
+DEFAULT_COUNTS = "default token counts"
+
+
+def estimate_basis(source: str) -> str | None:
+    """What a pre-flight estimate was built from, read from its price source; None for other sources.
+
+    ``"host estimate"`` (``LLMCall.estimated_cost``), ``"host token counts"``, or
+    ``"default token counts (input 1024, output 1024)"`` when the call gave no
+    ``input_tokens`` and/or no ``max_output_tokens``.
+    """
+    if source in ("host estimate", "caller estimate"):
+        return "host estimate"
+    prefix = "estimate ("
+    if source.startswith(prefix + DEFAULT_COUNTS) and ") from " in source:
+        return source[len(prefix) : source.index(") from ")]
+    if source.startswith("estimate from "):
+        return "host token counts"
+    return None
 
 
 #: Sources of prices for models nobody priced (``unknown_model``); estimates prefix them.
@@ -100,6 +154,8 @@ class Pricer:
         )
         units = Decimal(0)
         for name, amount in usage.units.items():
+            if name in TOKEN_DETAILS and name not in price.per_unit:
+                continue  # already in the four token counts, priced at their price
             if name not in price.per_unit:
                 raise UnknownPriceError(
                     f"usage has {amount} {name!r} but {source or 'the price'} has no per_unit price for it; "
@@ -119,15 +175,22 @@ class Pricer:
             cache_write_tokens=usage.cache_write_tokens,
             **{name: amount for name, amount in usage.units.items()},
         )
+        # Request context that selects a price variant: OpenAI priority / flex, Gemini flex / priority.
+        context = {"service_tier": usage.service_tier} if usage.service_tier else None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                result = genai_prices.calc_price(tokens, call.model, provider_id=call.provider)
-        except (LookupError, ValueError):
+                result = genai_prices.calc_price(tokens, call.model, provider_id=call.provider, price_context=context)
+        except LookupError:
             return None
+        except ValueError as exc:
+            if str(exc).startswith(("Missing usage", "Invalid usage")):  # e.g. 1-hour cache writes > all writes
+                raise ValidationError(f"usage of call {call.call_id} is inconsistent: {exc}") from None
+            return None
+        tier = f" ({usage.service_tier} tier)" if usage.service_tier else ""
         return Price(
             Decimal(result.total_price),
-            f"genai-prices {genai_prices.__version__}: {result.provider.id}/{result.model.id}",
+            f"genai-prices {genai_prices.__version__}: {result.provider.id}/{result.model.id}{tier}",
         )
 
     def price(self, call: LLMCall, usage: LLMUsage) -> Price:
@@ -151,6 +214,10 @@ class Pricer:
 
     def _price(self, call: LLMCall, usage: LLMUsage) -> Price:
         if usage.cost is not None:
+            if usage.cost == 0:
+                repriced = self._zero_reported(call, usage)
+                if repriced is not None:
+                    return repriced
             return Price(usage.cost, "provider")
         if self.hook is not None:
             hooked = self.hook.price(call, usage)
@@ -174,6 +241,25 @@ class Pricer:
             f'[prices."{call.provider}/{call.model}"] with input and output prices per million '
             "tokens to the settings file, or set unknown_model to 'allow_unpriced' or a default price"
         )
+
+    def _zero_reported(self, call: LLMCall, usage: LLMUsage) -> Price | None:
+        """A price for tokens the provider (or a proxy such as LiteLLM) reported a cost of exactly 0 for.
+
+        A zero is what proxies report when they do not know a model's price, so for a
+        call that used tokens of a model a source here prices above zero, the zero is
+        not trusted: the call is priced from its tokens, flagged. A zero for a model
+        nobody prices (a local model), or that prices to zero too, stands.
+        """
+        tokens = replace(usage, cost=None)
+        if tokens.is_empty:
+            return None
+        try:
+            priced = self._price(call, tokens)
+        except Exception:  # UnknownPriceError, units nobody prices: the provider's zero is all there is
+            return None
+        if priced.cost <= 0 or priced.source in (UNPRICED, DEFAULT_PRICE):
+            return None
+        return Price(priced.cost, f"{priced.source}; provider reported cost 0, not trusted")
 
     def alternatives(self, call: LLMCall, candidates: Sequence[str] = ()) -> list[tuple[str, Decimal]]:
         """Other models of the call's provider with their pre-flight estimates, cheapest first.
@@ -209,16 +295,22 @@ class Pricer:
 
     @staticmethod
     def resolve_usage(call: LLMCall, usage: LLMUsage) -> LLMUsage:
-        """Fill token counts from ``usage.response`` when the host gave only the raw response body.
+        """Fill token counts from ``usage.response`` when the host gave only the provider's response.
 
-        Understands OpenAI chat completions, responses and embeddings, Anthropic
-        messages and Google Gemini ``generateContent`` bodies (through genai-prices).
+        The response may be a dict or an SDK object (pydantic ``model_dump``, by
+        alias for google-genai; ``to_dict()``; ``__dict__``), e.g. an OpenAI
+        ``ChatCompletion`` or ``Response``, an Anthropic ``Message``, a Gemini
+        ``GenerateContentResponse``, or the body ``guard.observe`` merged from a
+        stream. Read through genai-prices: cached reads, 5-minute and 1-hour cache
+        writes and reasoning tokens are kept (as ``units`` beside the four counts),
+        and the body's ``service_tier`` prices the call at its tier.
         """
         if usage.response is None or not usage.is_empty:
             return usage
         try:
+            body = plain(usage.response)
             extracted = genai_prices.extract_usage(
-                usage.response, provider_id=call.provider, api_flavor=_flavor(call.provider, usage.response)
+                body, provider_id=call.provider, api_flavor=_flavor(call.provider, body)
             )
         except (LookupError, ValueError, TypeError, AttributeError) as exc:
             raise ValidationError(
@@ -232,27 +324,52 @@ class Pricer:
             # text-modality counts restate the totals; the catalogue derives them itself
             if name not in TOKEN_FIELDS and "_text_" not in name and getattr(found, name, None)
         }
-        return LLMUsage(
+        return replace(
+            usage,
             input_tokens=int(found.input_tokens or 0),
             output_tokens=int(found.output_tokens or 0),
             cache_read_tokens=int(found.cache_read_tokens or 0),
             cache_write_tokens=int(found.cache_write_tokens or 0),
-            cost=usage.cost,
-            response=usage.response,
             units=extra,
+            service_tier=usage.service_tier or _service_tier(body),
         )
 
     def estimate_usage(self, call: LLMCall) -> LLMUsage:
-        """Tokens a call may use, for the pre-flight estimate: the host's counts or the defaults."""
+        """Tokens a call may use, for the pre-flight estimate: the host's counts or the defaults.
+
+        A ``service_tier`` tag on the call (``priority``, ``flex``) prices the estimate at that tier.
+        """
         input_tokens = call.input_tokens if call.input_tokens is not None else self.default_input_tokens
         output = call.max_output_tokens if call.max_output_tokens is not None else self.default_max_output_tokens
-        return LLMUsage(input_tokens=input_tokens, output_tokens=output)
+        tier = call.tags.get("service_tier") or None
+        return LLMUsage(input_tokens=input_tokens, output_tokens=output, service_tier=tier)
 
     def estimate(self, call: LLMCall) -> Price:
-        """Pre-flight cost: the host's ``estimated_cost``, else the price of the estimated usage."""
+        """Pre-flight cost: the host's ``estimated_cost``, else the price of the estimated usage.
+
+        When the call gives no ``input_tokens`` or no ``max_output_tokens``, the
+        settings' defaults stand in and the source says so (see :func:`estimate_basis`).
+        """
         if call.estimated_cost is not None:
             if call.estimated_cost >= MAX_AMOUNT:
                 raise ValueError(f"estimated_cost {call.estimated_cost} of call {call.call_id} is not plausible")
             return Price(quantize(call.estimated_cost), "host estimate")
         price = self.price(call, self.estimate_usage(call))
-        return Price(price.cost, f"estimate from {price.source}")
+        defaults = []
+        if call.input_tokens is None:
+            defaults.append(f"input {self.default_input_tokens}")
+        if call.max_output_tokens is None:
+            defaults.append(f"output {self.default_max_output_tokens}")
+        basis = f" ({DEFAULT_COUNTS}: {', '.join(defaults)})" if defaults else ""
+        return Price(price.cost, f"estimate{basis} from {price.source}")
+
+    @staticmethod
+    def estimate_warning(call: LLMCall, source: str) -> str | None:
+        """The verdict's warning when the hold was built from default token counts, else None."""
+        basis = estimate_basis(source)
+        if basis is None or not basis.startswith(DEFAULT_COUNTS):
+            return None
+        return (
+            f"estimated from {basis}: the hold may be far from this call's real cost; pass "
+            "LLMCall(input_tokens=..., max_output_tokens=...) (hookspecs.approx_tokens counts a prompt)"
+        )
