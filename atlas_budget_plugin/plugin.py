@@ -25,9 +25,12 @@ MAX_OPEN_SECONDS = 86_400
 
 
 def to_verdict(decision: BudgetDecision) -> Verdict:
+    from .pricing import estimate_basis
+
     details = {
         "estimated_cost": decision.estimated_cost,
         "price_source": decision.price_source,
+        "estimate_basis": estimate_basis(decision.price_source),  # e.g. "default token counts: input 1024, ..."
         "policy": decision.deciding_policy,
         "alternative_model": decision.alternative_model,
         "alternative_estimate": decision.alternative_estimate,

@@ -128,6 +128,7 @@ class BudgetSettings(BaseSettings):
     tenant: str = "default"
     actor: str = "system"
     roles: dict[str, Literal["budget:read", "budget:write", "budget:admin"]] = Field(default_factory=dict)
+    global_ceiling: bool = True
     policies: list[PolicySpec] = Field(default_factory=list)
     alerts: list[AlertConfig] = Field(default_factory=list)
     sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 )
 
 from atlas_budget_plugin import BudgetSettings, bootstrap
-from atlas_budget_plugin.exceptions import ConflictError
+from atlas_budget_plugin.exceptions import ConflictError, ValidationError
 from atlas_budget_plugin.periods import parse_period, window
 from atlas_budget_plugin.plugin import BudgetPlugin
 from atlas_budget_plugin.store.models import Hold, SpendCounter, UsageRow
@@ -224,8 +224,8 @@ class LedgerMachine(RuleBasedStateMachine):
         if name not in self.dynamic:
             try:
                 created = self.services.policies.create_policy(ADMIN, {"name": name, "limit": limit, **spec})
-            except ConflictError:
-                return  # a dynamic policy moved onto this scope and period already
+            except (ConflictError, ValidationError):
+                return  # a dynamic policy moved onto this scope and period already, or over the global ceiling
             self.dynamic[name] = created.id or 0
             return
         other = DYNAMIC_SHAPES[(shape + 1) % len(DYNAMIC_SHAPES)]
@@ -236,8 +236,8 @@ class LedgerMachine(RuleBasedStateMachine):
         change = {"limit": limit} if conflict else {"limit": limit, "scope": other["scope"], "period": other["period"]}
         try:
             self.services.policies.update_policy(ADMIN, self.dynamic[name], change)
-        except ConflictError:
-            pass  # another dynamic policy limits that scope and period already: refused whole
+        except (ConflictError, ValidationError):
+            pass  # another dynamic policy limits that scope and period, or the global ceiling: refused whole
 
     # -- invariants -------------------------------------------------------------------------------
 
