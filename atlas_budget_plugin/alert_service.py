@@ -22,6 +22,8 @@ from .store.ledger import naive
 from .store.reports import UsageReports
 from .tracking_service import filter_for
 from .types import (
+    MAX_TEXT,
+    SEVERITY_ORDER,
     Actor,
     Alert,
     AlertConfig,
@@ -30,6 +32,7 @@ from .types import (
     Delivery,
     Policy,
     Scope,
+    check_text,
     scope_arg,
     utcnow,
 )
@@ -71,6 +74,14 @@ def sink_problem(sinks: Sinks, name: str) -> str | None:
     except Exception as exc:  # a broken probe must not hide the sink's real trouble
         return f"its readiness check failed: {type(exc).__name__}: {exc}"
     return str(problem) if problem else None
+
+
+def _check_policy_name(value: Any) -> str:
+    """A policy name given to filter or resolve alerts: text the store could hold (ValidationError otherwise)."""
+    try:
+        return check_text(value, "policy", MAX_TEXT, min_length=1)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def _check_id(value: Any, what: str) -> int:
@@ -222,10 +233,78 @@ class BudgetAlertService:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def get_active_alerts(self, actor: Actor) -> list[Alert]:
-        """Alerts of the actor's tenant that are neither acknowledged nor resolved."""
+    def get_active_alerts(self, actor: Actor, policy: str | None = None, severity: str | None = None) -> list[Alert]:
+        """Alerts of the actor's tenant that are neither acknowledged nor resolved, most severe first.
+
+        ``policy`` (a policy name) and ``severity`` (info, warning, critical, emergency) keep only
+        those alerts. Order: emergency, critical, warning, info; newest first within a severity.
+        """
         self.permissions.require(actor, "budget:read")
-        return self.repository.active(actor.tenant)
+        if policy is not None:
+            _check_policy_name(policy)
+        if severity is not None and severity not in SEVERITY_ORDER:
+            raise ValidationError(
+                f"unknown alert severity {str(severity)[:50]!r}; allowed: {', '.join(reversed(SEVERITY_ORDER))}"
+            )
+        return self.repository.active(actor.tenant, policy, severity)
+
+    def get_alert(self, actor: Actor, alert_id: int) -> Alert:
+        """One triggered alert of the actor's tenant, in any state (needs ``budget:read``).
+
+        Another tenant's alert is answered as not found, like a missing one.
+        """
+        self.permissions.require(actor, "budget:read")
+        return self._alert(actor, alert_id)
+
+    def _alert(self, actor: Actor, alert_id: int) -> Alert:
+        in_range = 1 <= _check_id(alert_id, "alert") <= AlertConfig.MAX_ID
+        alert = self.repository.get_alert(actor.tenant, alert_id) if in_range else None
+        if alert is None:
+            raise NotFoundError(f"no triggered alert with id {alert_id} in tenant {actor.tenant!r}")
+        return alert
+
+    def resolve_alert(self, actor: Actor, alert_id: int) -> Alert:
+        """Close a triggered alert by hand (needs ``budget:write``): audited, emits ``budget.alert_resolved``.
+
+        Resolving an alert that is already resolved changes nothing and emits nothing. A resolved
+        alert does not fire again in the same window (its config re-arms when a new window starts).
+        """
+        self.permissions.require(actor, "budget:write")
+        alert = self._alert(actor, alert_id)
+        if alert.resolved_at is not None:
+            return alert
+        resolved = self.repository.resolve(actor.tenant, [alert.id], actor.id, self.clock())
+        for done in resolved:
+            self._announce_resolved(done, actor)
+        if not resolved:  # resolved by someone else in between: show how it stands
+            return self._alert(actor, alert_id)
+        return resolved[0]
+
+    def resolve_policy_alerts(self, actor: Actor, policy: str | int) -> list[Alert]:
+        """Resolve every unresolved alert (acknowledged or not) of one policy, given by name or id.
+
+        Needs ``budget:write``; each alert gets an audit entry and a ``budget.alert_resolved``
+        event. Returns the alerts resolved (empty when none was open). A name works for a
+        deleted policy whose alerts remain; a name or id unknown to the tenant is not found.
+        """
+        self.permissions.require(actor, "budget:write")
+        if isinstance(policy, int) and not isinstance(policy, bool):
+            name = self.policies.get_policy(actor, policy).name
+        else:
+            name = _check_policy_name(policy)
+            known = self.policies.repository.by_name(actor.tenant, name) is not None
+            if not known and not self.repository.has_alerts(actor.tenant, name):
+                raise NotFoundError(f"no policy named {name!r} in tenant {actor.tenant!r}")
+        ids = self.repository.unresolved_ids(actor.tenant, name)
+        resolved = self.repository.resolve(actor.tenant, ids, actor.id, self.clock()) if ids else []
+        for done in resolved:
+            self._announce_resolved(done, actor)
+        return resolved
+
+    def _announce_resolved(self, alert: Alert, actor: Actor) -> None:
+        self.bus.publish(
+            BudgetAlertEvent(topic="budget.alert_resolved", tenant=alert.tenant, alert=alert, actor=actor.id)
+        )
 
     def get_alert_history(self, actor: Actor, limit: int = 100) -> list[Alert]:
         self.permissions.require(actor, "budget:read")
@@ -234,10 +313,7 @@ class BudgetAlertService:
     def acknowledge_alert(self, actor: Actor, alert_id: int) -> Alert:
         """Mark a triggered alert as seen (needs ``budget:write``); emits ``budget.alert_acknowledged``."""
         self.permissions.require(actor, "budget:write")
-        in_range = 1 <= _check_id(alert_id, "alert") <= AlertConfig.MAX_ID
-        alert = self.repository.get_alert(actor.tenant, alert_id) if in_range else None
-        if alert is None:
-            raise NotFoundError(f"no triggered alert with id {alert_id} in tenant {actor.tenant!r}")
+        alert = self._alert(actor, alert_id)
         acknowledged = self.repository.acknowledge(alert, actor.id, self.clock())
         self.bus.publish(
             BudgetAlertEvent(topic="budget.alert_acknowledged", tenant=alert.tenant, alert=acknowledged, actor=actor.id)

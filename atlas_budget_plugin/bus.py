@@ -20,6 +20,7 @@ TOPICS = (
     "budget.threshold_reached",
     "budget.alert_triggered",
     "budget.alert_acknowledged",
+    "budget.alert_resolved",
     "budget.limit_exceeded",
     "budget.approaching_limit",
 )

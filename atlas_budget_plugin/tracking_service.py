@@ -52,6 +52,7 @@ from .types import (
     check_text,
     check_zone,
     scope_arg,
+    trend_change,
     usage_metadata,
     utcnow,
 )
@@ -84,6 +85,21 @@ def to_record(row: UsageRow | dict[str, Any]) -> UsageRecord:
         error=data["error"],
         recorded_at=aware(data["recorded_at"]),
     )
+
+
+def _dimensions(dimension: Any) -> tuple[str, ...]:
+    """The report dimensions asked for: one name or a sequence of distinct names from CALL_DIMENSIONS."""
+    names = (dimension,) if isinstance(dimension, str) else dimension
+    if not isinstance(names, (tuple, list)) or not names:
+        raise ValidationError(
+            f"report dimension must be one of {', '.join(CALL_DIMENSIONS)} or a list of them, got {dimension!r}"[:300]
+        )
+    for name in names:
+        if name not in CALL_DIMENSIONS:
+            raise ValidationError(f"unknown report dimension {str(name)[:50]!r}; allowed: {', '.join(CALL_DIMENSIONS)}")
+    if len(set(names)) != len(names):
+        raise ValidationError(f"report dimensions repeat a name: {', '.join(names)}; give each once")
+    return tuple(names)
 
 
 def filter_for(scope: Scope) -> Filter:
@@ -387,7 +403,7 @@ class BudgetTrackingService:
 
     def get_spend_by(
         self,
-        dimension: str,
+        dimension: str | Sequence[str],
         scope: Scope | dict[str, Any] | None = None,
         period: str = "month",
         *,
@@ -395,23 +411,35 @@ class BudgetTrackingService:
         now: datetime | None = None,
         timezone: str = "UTC",
     ) -> list[SpendRow]:
-        """Spend grouped by one of provider, model, category, actor, operation; largest first."""
-        if dimension not in CALL_DIMENSIONS:
-            raise ValidationError(f"unknown report dimension {dimension!r}; allowed: {', '.join(CALL_DIMENSIONS)}")
+        """Spend grouped by one or several of provider, model, category, actor, operation; largest first.
+
+        ``dimension`` is one name (``"provider"``) or several (``("provider", "model")``): each row's
+        ``keys`` then gives every value and ``key`` joins them with " / ". One dimension is read
+        from the hourly rollups; several are summed from the raw rows (rollups hold one dimension
+        each), so they cover only the rows ``retention_days`` has kept.
+        """
+        dimensions = _dimensions(dimension)
         _, flt = self._filter(actor, scope)
         _, start, end = self._window(period, now, timezone)
-        groups = self.reports.by(dimension, actor.tenant, start, end, flt)
+        groups = self.reports.by_many(dimensions, actor.tenant, start, end, flt)
         rows = [
             SpendRow(
-                key=key,
+                key=keys[0] if len(keys) == 1 else " / ".join(k if k is not None else "-" for k in keys),
+                keys=dict(zip(dimensions, keys, strict=True)),
                 total_cost=from_units(t.cost_units),
                 calls=t.calls,
                 input_tokens=t.input_tokens,
                 output_tokens=t.output_tokens,
             )
-            for key, t in groups.items()
+            for keys, t in groups.items()
         ]
-        return sorted(rows, key=lambda r: (-r.total_cost, r.key or ""))
+        return sorted(rows, key=lambda r: (-r.total_cost, [k or "" for k in r.keys.values()]))
+
+    def get_spend_by_dimensions(
+        self, dimensions: Sequence[str], scope: Scope | dict[str, Any] | None = None, period: str = "month", **kw: Any
+    ) -> list[SpendRow]:
+        """Spend grouped by several dimensions at once, e.g. ``("provider", "model")`` (see :meth:`get_spend_by`)."""
+        return self.get_spend_by(tuple(dimensions), scope, period, **kw)
 
     def get_spend_by_category(
         self, scope: Scope | dict[str, Any] | None = None, period: str = "month", **kw: Any
@@ -433,7 +461,12 @@ class BudgetTrackingService:
         now: datetime | None = None,
         timezone: str = "UTC",
     ) -> list[TrendPoint]:
-        """Spend in each of the last ``periods`` hour/day/week/month buckets, oldest first."""
+        """Spend in each of the last ``periods`` hour/day/week/month buckets, oldest first.
+
+        Each bucket after the first says how it moved from the one before: ``change_percent``
+        and ``direction`` (up, down, or stable within ``TREND_STABLE_PERCENT`` = 5%). The last
+        bucket is the current one, still running.
+        """
         if granularity not in ("hour", "day", "week", "month"):
             raise ValidationError(f"unknown trend granularity {granularity!r}; allowed: hour, day, week, month")
         check_number(periods, "periods", 1, MAX_TREND_PERIODS)
@@ -454,10 +487,16 @@ class BudgetTrackingService:
         for at, totals in self.reports.hourly(actor.tenant, bounds[0][0], bounds[-1][1], flt):
             index = bisect.bisect_right(starts, at) - 1
             sums[index].add(totals.calls, totals.cost_units, totals.input_tokens, totals.output_tokens)
-        return [
-            TrendPoint(start=a, end=b, total_cost=from_units(t.cost_units), calls=t.calls)
-            for (a, b), t in zip(bounds, sums, strict=True)
-        ]
+        points = []
+        previous: Decimal | None = None
+        for (a, b), t in zip(bounds, sums, strict=True):
+            cost = from_units(t.cost_units)
+            direction, percent = trend_change(previous, cost)
+            points.append(
+                TrendPoint(start=a, end=b, total_cost=cost, calls=t.calls, change_percent=percent, direction=direction)
+            )
+            previous = cost
+        return points
 
     def compare_periods(
         self,

@@ -17,7 +17,7 @@ from .exceptions import ValidationError
 from .money import MAX_AMOUNT, Money, parse_money
 from .periods import Period, parse_period, parse_timezone
 
-Enforcement = Literal["block", "soft_block", "warn", "degrade"]
+Enforcement = Literal["block", "soft_block", "warn", "degrade", "throttle"]
 Role = Literal["budget:read", "budget:write", "budget:admin"]
 
 #: Scope keys that are read from the call's tags (the host puts them there).
@@ -387,9 +387,46 @@ class Policy(BaseModel):
     alternatives: list[str] = Field(default_factory=list, max_length=20)
     enabled: bool = True
     priority: int = Field(default=0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
+    #: Sub-limits inside the policy's limit, per provider and per model, enforced in the same step.
+    provider_limits: dict[str, Money] = Field(default_factory=dict, max_length=50)
+    model_limits: dict[str, Money] = Field(default_factory=dict, max_length=200)
+    #: ``throttle`` enforcement: from this percent of the limit on, calls are admitted at most at these rates.
+    throttle_after: int = Field(default=80, ge=1, le=100)
+    calls_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
+    spend_per_minute: Money | None = None
     version: int = Field(default=0, ge=0, le=2**31 - 1)
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+    @field_validator("provider_limits", "model_limits")
+    @classmethod
+    def _sub_limits(cls, value: dict[str, Decimal], info: ValidationInfo) -> dict[str, Decimal]:
+        kind = "provider" if info.field_name == "provider_limits" else "model"
+        for name, amount in value.items():
+            check_text(name, f"{info.field_name} {kind} name", CALL_FIELD_LENGTHS[kind], min_length=1)
+            if amount <= 0:
+                raise ValueError(f"{info.field_name}[{name!r}] must be greater than 0, got {amount}")
+        return value
+
+    @field_validator("spend_per_minute")
+    @classmethod
+    def _rate(cls, value: Decimal | None) -> Decimal | None:
+        if value is not None and value <= 0:
+            raise ValueError(f"spend_per_minute must be greater than 0, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Policy:
+        for field in ("provider_limits", "model_limits"):
+            for name, amount in getattr(self, field).items():
+                if amount > self.limit:
+                    raise ValueError(
+                        f"{field}[{name!r}] = {amount} is above the policy's own limit {self.limit}; a sub-limit "
+                        "can only be tighter"
+                    )
+        if self.enforcement == "throttle" and self.calls_per_minute is None and self.spend_per_minute is None:
+            raise ValueError("enforcement 'throttle' needs calls_per_minute or spend_per_minute (or both)")
+        return self
 
     @field_validator("name", "tenant", "currency", mode="before")
     @classmethod
@@ -512,7 +549,13 @@ class UsageRecord(_Frozen):
 
 
 class UsageSummary(_Frozen):
-    """Totals over a scope and period (money fields are exact Decimals)."""
+    """Totals over a scope and period (money fields are exact Decimals).
+
+    ``limit`` is the effective limit of the policy that limits exactly this scope and
+    period (its limit plus what the last window carried over), None when no policy does.
+    ``remaining``, ``is_over_budget`` and ``average_cost`` are derived from the other
+    fields whenever a summary is built, so they can never disagree with them.
+    """
 
     tenant: str
     period: str
@@ -525,21 +568,74 @@ class UsageSummary(_Frozen):
     policy: str | None = None
     limit: Decimal | None = None
     percent_used: Decimal | None = None
+    #: What is left of ``limit`` (never negative: an overspent budget has 0 left); None without a limit.
+    remaining: Decimal | None = None
+    #: True when spend is above ``limit`` (spend exactly at the limit is not over it).
+    is_over_budget: bool = False
+    #: Mean cost per call (exact quotient, rounded half-even to the store's precision, 10**-9).
+    average_cost: Decimal = Decimal(0)
 
-    @property
-    def average_cost(self) -> Decimal:
-        """Mean cost per call (exact quotient, rounded to the store's precision)."""
-        return (self.total_cost / self.calls).quantize(Decimal("1e-9")) if self.calls else Decimal(0)
+    @model_validator(mode="before")
+    @classmethod
+    def _derived(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        cost, limit = _decimal_or_none(data.get("total_cost")), _decimal_or_none(data.get("limit"))
+        if cost is not None:
+            data["average_cost"] = average(cost, data.get("calls"))
+            if limit is not None:
+                data["remaining"] = max(limit - cost, Decimal(0))
+                data["is_over_budget"] = cost > limit
+            else:
+                data["remaining"], data["is_over_budget"] = None, False
+        return data
+
+
+def _decimal_or_none(value: Any) -> Decimal | None:
+    """A finite Decimal from a Decimal, int or decimal text (as in a JSON export); None otherwise.
+
+    Floats are refused like everywhere else in the API: the field validators then say so.
+    """
+    if isinstance(value, bool) or not isinstance(value, (Decimal, int, str)):
+        return None
+    try:
+        number = Decimal(value)
+    except ArithmeticError:
+        return None
+    return number if number.is_finite() else None
+
+
+def average(total: Decimal, calls: Any) -> Decimal:
+    """``total / calls`` rounded half-even to 10**-9 (the store's precision); 0 for no calls."""
+    if isinstance(calls, bool) or not isinstance(calls, int) or calls <= 0:
+        return Decimal(0)
+    return (total / calls).quantize(Decimal("1e-9"))
 
 
 class SpendRow(_Frozen):
-    """One group of a breakdown, e.g. one provider."""
+    """One group of a breakdown, e.g. one provider, or one provider and model.
+
+    ``keys`` names the value of every dimension the breakdown groups by (None for a call
+    without an actor or category); ``key`` is the same as display text: the single value,
+    or the values joined by " / " (a missing one written "-") for several dimensions.
+    """
 
     key: str | None
     total_cost: Decimal
     calls: int
     input_tokens: int = 0
     output_tokens: int = 0
+    #: Mean cost per call of the group, rounded half-even to 10**-9 (derived, never stored).
+    average_cost: Decimal = Decimal(0)
+    keys: dict[str, str | None] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derived(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (cost := _decimal_or_none(data.get("total_cost"))) is not None:
+            data = {**data, "average_cost": average(cost, data.get("calls"))}
+        return data
 
 
 class PeriodComparison(_Frozen):
@@ -560,15 +656,72 @@ class Projection(_Frozen):
     projected_percent: Decimal | None
 
 
+#: A bucket whose spend moved by at most this many percent from the bucket before is "stable".
+TREND_STABLE_PERCENT = Decimal(5)
+
+TrendDirection = Literal["up", "down", "stable"]
+
+
+def trend_change(previous: Decimal | None, current: Decimal) -> tuple[TrendDirection | None, Decimal | None]:
+    """Direction and percent change of ``current`` against ``previous`` spend.
+
+    ``up`` / ``down`` when spend moved by more than :data:`TREND_STABLE_PERCENT` percent,
+    ``stable`` otherwise. From nothing to something is ``up`` with no percent (it is
+    not a finite change); no previous bucket gives ``(None, None)``.
+    """
+    if previous is None:
+        return None, None
+    if previous == 0:
+        return ("up" if current > 0 else "stable"), None
+    percent = ((current - previous) * 100 / previous).quantize(Decimal("0.01"))
+    if abs(percent) <= TREND_STABLE_PERCENT:
+        return "stable", percent
+    return ("up" if percent > 0 else "down"), percent
+
+
 class TrendPoint(_Frozen):
+    """Spend in one bucket of a trend, and how it moved from the bucket before it."""
+
     start: datetime
     end: datetime
     total_cost: Decimal
     calls: int
+    #: Percent change from the previous bucket (2 decimals); None for the first, or when that spent nothing.
+    change_percent: Decimal | None = None
+    #: up / down / stable against the previous bucket (see :func:`trend_change`); None for the first.
+    direction: TrendDirection | None = None
 
 
 AlertKind = Literal["actual", "forecast", "anomaly"]
 Severity = Literal["info", "warning", "critical", "emergency"]
+#: Most severe first: the order active alerts are listed in (ATLAS's order; emergency is above critical).
+SEVERITY_ORDER: tuple[str, ...] = ("emergency", "critical", "warning", "info")
+
+#: ATLAS alert channel names and the sink that delivers the same way here. ATLAS's ``email`` and
+#: ``slack`` went through its own mailer and Slack client; here both are Apprise URLs (``mailto://``,
+#: ``slack://``) under ``[sinks.apprise]``. ``in_app`` and ``message_bus`` showed the alert inside
+#: ATLAS: every alert is already published on the bus (``budget.alert_triggered``, the
+#: ``budget_event`` hook), so they map to the ``log`` sink, which keeps a visible record.
+ATLAS_CHANNELS: dict[str, str] = {
+    "email": "apprise",
+    "slack": "apprise",
+    "teams": "apprise",
+    "discord": "apprise",
+    "sms": "apprise",
+    "webhook": "webhook",
+    "in_app": "log",
+    "message_bus": "log",
+    "log": "log",
+}
+
+
+def map_channels(names: list[str]) -> list[str]:
+    """Sink names with ATLAS channel names replaced by the sink that delivers them (order kept, no repeats).
+
+    A name that is already a sink (``webhook``, ``log``, ``apprise`` or an installed third-party
+    sink) is kept as it is.
+    """
+    return list(dict.fromkeys(ATLAS_CHANNELS.get(name, name) if isinstance(name, str) else name for name in names))
 
 
 class AlertConfig(BaseModel):
@@ -619,7 +772,8 @@ class AlertConfig(BaseModel):
     def _sinks(cls, value: list[str]) -> list[str]:
         for name in value:
             check_text(name, "sink name", 100, min_length=1)
-        return list(dict.fromkeys(value))
+        # ATLAS channel names (email, slack, in_app...) are accepted and stored as the sink they map to.
+        return map_channels(value)
 
     @field_validator("anomaly_minimum")
     @classmethod
@@ -679,6 +833,23 @@ class BudgetEvent(_Frozen):
 class BudgetPolicyEvent(BudgetEvent):
     policy: Policy
     actor: str
+    #: On ``budget.policy_updated``: the policy fields whose value changed (in field order); empty otherwise.
+    changed_fields: tuple[str, ...] = ()
+
+    #: Fields that change on every update, so naming them says nothing.
+    BOOKKEEPING: ClassVar[tuple[str, ...]] = ("version", "updated_at")
+
+    @classmethod
+    def updated(cls, before: Policy, after: Policy, actor: str) -> BudgetPolicyEvent:
+        """The ``budget.policy_updated`` event of a change from ``before`` to ``after``."""
+        changed = tuple(
+            name
+            for name in Policy.model_fields
+            if name not in cls.BOOKKEEPING and getattr(before, name) != getattr(after, name)
+        )
+        return cls(
+            topic="budget.policy_updated", tenant=after.tenant, policy=after, actor=actor, changed_fields=changed
+        )
 
 
 class BudgetUsageEvent(BudgetEvent):
@@ -695,6 +866,9 @@ class BudgetThresholdEvent(BudgetEvent):
 
 
 class BudgetAlertEvent(BudgetEvent):
+    """``budget.alert_triggered``, ``budget.alert_acknowledged`` and ``budget.alert_resolved``
+    (``actor`` is who acknowledged or resolved it by hand; None when the plugin itself did)."""
+
     alert: Alert
     actor: str | None = None
 

@@ -11,10 +11,10 @@ import peewee as pw
 import pydantic
 
 from ..money import from_units, to_units
-from ..types import Alert, AlertConfig, Delivery
+from ..types import SEVERITY_ORDER, Alert, AlertConfig, Delivery
 from .database import run_in_transaction, write_transaction
 from .ledger import aware, naive
-from .models import AlertConfigRow, AlertRow, DeliveryRow
+from .models import AlertConfigRow, AlertRow, AuditEntry, DeliveryRow
 
 log = logging.getLogger("atlas_budget_plugin.alerts")
 
@@ -193,11 +193,23 @@ class AlertRepository:
         row = AlertRow.get_or_none((AlertRow.tenant == tenant) & (AlertRow.id == alert_id))
         return to_alert(row) if row else None
 
-    def active(self, tenant: str) -> list[Alert]:
+    def active(self, tenant: str, policy: str | None = None, severity: str | None = None) -> list[Alert]:
+        """Alerts neither acknowledged nor resolved, of one policy and/or severity if given.
+
+        Most severe first (:data:`SEVERITY_ORDER`), then newest first, then highest id.
+        """
         query = AlertRow.select().where(
             (AlertRow.tenant == tenant) & AlertRow.resolved_at.is_null() & AlertRow.acknowledged_at.is_null()
         )
-        return [to_alert(r) for r in query.order_by(AlertRow.id)]
+        if policy is not None:
+            query = query.where(AlertRow.policy == policy)
+        if severity is not None:
+            query = query.where(AlertRow.severity == severity)
+        rank = {name: i for i, name in enumerate(SEVERITY_ORDER)}
+        alerts = [to_alert(r) for r in query]
+        # Sorted here, not in SQL: an ORDER BY CASE would differ per backend, and open alerts are few.
+        alerts.sort(key=lambda a: (rank.get(a.severity, len(rank)), -a.triggered_at.timestamp(), -a.id))
+        return alerts
 
     def alerts(self, tenant: str, limit: int = 100) -> list[Alert]:
         query = AlertRow.select().where(AlertRow.tenant == tenant).order_by(AlertRow.id.desc()).limit(limit)
@@ -206,6 +218,56 @@ class AlertRepository:
     def acknowledge(self, alert: Alert, actor: str, now: datetime) -> Alert:
         AlertRow.update(acknowledged_by=actor, acknowledged_at=naive(now)).where(AlertRow.id == alert.id).execute()
         return to_alert(AlertRow.get_by_id(alert.id))
+
+    def resolve(self, tenant: str, alert_ids: list[int], actor: str, now: datetime) -> list[Alert]:
+        """Resolve the tenant's unresolved alerts among ``alert_ids`` by hand, each with an audit entry.
+
+        One transaction: every alert resolved here gets its audit entry, or none does. Returns
+        the alerts this call resolved (one already resolved, by anyone, is left as it is).
+        """
+
+        def work() -> list[Alert]:
+            done = []
+            for alert_id in alert_ids:
+                before = self.get_alert(tenant, alert_id)
+                if before is None or before.resolved_at is not None:
+                    continue
+                changed = (
+                    AlertRow.update(resolved_at=naive(now))
+                    .where((AlertRow.id == alert_id) & (AlertRow.tenant == tenant) & AlertRow.resolved_at.is_null())
+                    .execute()
+                )
+                if not changed:
+                    continue  # resolved meanwhile, by the window ending or another resolver
+                after = to_alert(AlertRow.get_by_id(alert_id))
+                # The same audit trail as policy changes (store/repository.py), so `atlas-budget audit`
+                # shows who resolved which alert next to who changed which policy.
+                AuditEntry.create(
+                    tenant=tenant,
+                    actor=actor,
+                    action="resolve",
+                    object_type="alert",
+                    object_id=str(alert_id),
+                    before_json=before.model_dump_json(),
+                    after_json=after.model_dump_json(),
+                    at=naive(now),
+                )
+                done.append(after)
+            return done
+
+        return run_in_transaction(self.db, work)
+
+    def unresolved_ids(self, tenant: str, policy: str) -> list[int]:
+        """Ids of the tenant's alerts on ``policy`` that are not resolved (acknowledged ones included)."""
+        query = (
+            AlertRow.select(AlertRow.id)
+            .where((AlertRow.tenant == tenant) & (AlertRow.policy == policy) & AlertRow.resolved_at.is_null())
+            .order_by(AlertRow.id)
+        )
+        return [row.id for row in query]
+
+    def has_alerts(self, tenant: str, policy: str) -> bool:
+        return AlertRow.select(AlertRow.id).where((AlertRow.tenant == tenant) & (AlertRow.policy == policy)).exists()
 
     def resolve_ended(self, now: datetime) -> int:
         """Resolve alerts whose window has ended (a new window re-arms their config)."""

@@ -186,6 +186,30 @@ class UsageReports:
                 result.setdefault(key or None, Totals()).add(1, *row)
         return result
 
+    def by_many(
+        self, dimensions: Sequence[str], tenant: str, start: datetime, end: datetime, flt: Filter
+    ) -> dict[tuple[str | None, ...], Totals]:
+        """Totals per combination of values of several ``dimensions`` (e.g. provider and model).
+
+        The hourly rollups keep one dimension at a time, so a combination is summed from the
+        raw rows: it covers only rows still kept (``retention_days`` prunes older ones, whose
+        totals the single-dimension reports still have from the rollups).
+        """
+        if len(dimensions) == 1:
+            return {(key,): totals for key, totals in self.by(dimensions[0], tenant, start, end, flt).items()}
+        columns = [getattr(UsageRow, name) for name in dimensions]
+        result: dict[tuple[str | None, ...], Totals] = {}
+        if not flt.tags:
+            rows: Any = self._raw(tenant, [(start, end)], flt).select(*columns, *_RAW_SUMS).group_by(*columns).tuples()
+            for row in rows:
+                keys = tuple(k or None for k in row[: len(columns)])
+                result.setdefault(keys, Totals()).add(*row[len(columns) :])
+            return result
+        for row in self._rows(tenant, [(start, end)], flt, *columns, *_RAW_COLUMNS):
+            keys = tuple(k or None for k in row[: len(columns)])
+            result.setdefault(keys, Totals()).add(1, *row[len(columns) :])
+        return result
+
     def hourly(self, tenant: str, start: datetime, end: datetime, flt: Filter) -> list[tuple[datetime, Totals]]:
         """Totals per moment: whole hours from rollups (at the hour), raw rows at their own time."""
         points: list[tuple[datetime, Totals]] = []
