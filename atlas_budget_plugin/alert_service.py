@@ -22,6 +22,7 @@ from .store.ledger import naive
 from .store.reports import UsageReports
 from .tracking_service import filter_for
 from .types import (
+    ATLAS_CHANNELS,
     MAX_TEXT,
     SEVERITY_ORDER,
     Actor,
@@ -119,6 +120,13 @@ class BudgetAlertService:
     # -- configuration ----------------------------------------------------------------------
 
     def _validated(self, data: dict[str, Any]) -> AlertConfig:
+        # ATLAS channel names given here (email, slack...) are stored as their sink; errors name both.
+        given = data.get("sinks")
+        atlas = (
+            {ATLAS_CHANNELS[n]: n for n in given if isinstance(n, str) and n in ATLAS_CHANNELS}
+            if isinstance(given, list)
+            else {}
+        )
         try:
             config = AlertConfig.model_validate(data)
         except pydantic.ValidationError as exc:
@@ -135,6 +143,12 @@ class BudgetAlertService:
         for name in config.sinks:
             problem = sink_problem(self.sinks, name)
             if problem:
+                channel = atlas.get(name)
+                if channel is not None and channel != name:
+                    raise ValidationError(
+                        f"ATLAS alert channel {channel!r} is delivered by the {name!r} sink here, which cannot "
+                        f"deliver: {problem}"
+                    )
                 raise ValidationError(f"alert sink {name!r} cannot deliver: {problem}")
         return config
 

@@ -9,8 +9,25 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 CALENDAR = ("hour", "day", "week", "month", "quarter", "year")
 LIFETIME = ("total", "lifetime")
-_ROLLING = re.compile(r"^(?:rolling:)?(\d+)([hd])$")
-ALLOWED = "hour, day, week, month, quarter, year, total (or lifetime), rolling:<N>h or rolling:<N>d"
+#: ATLAS's period names (its ``BudgetPeriod`` values) for our calendar periods. Its rolling names
+#: (``rolling_24h``, ``rolling_7d``, ``rolling_30d``, any ``rolling_<N>h|d``) and ``lifetime`` parse
+#: as ours do; every alias is stored under our canonical name (``daily`` -> ``day``).
+ATLAS_ALIASES = {
+    "hourly": "hour",
+    "daily": "day",
+    "weekly": "week",
+    "monthly": "month",
+    "quarterly": "quarter",
+    "yearly": "year",
+    "annual": "year",
+    "annually": "year",
+}
+#: ``rolling:30d`` (ours), ``rolling_30d`` (ATLAS's) and a bare ``30d``.
+_ROLLING = re.compile(r"^(?:rolling[:_])?(\d+)([hd])$")
+ALLOWED = (
+    "hour, day, week, month, quarter, year, total (or lifetime), rolling:<N>h or rolling:<N>d "
+    "(ATLAS's hourly, daily, weekly, monthly, quarterly, yearly and rolling_<N>h/d are accepted too)"
+)
 
 #: The longest rolling window: ten years of hours (longer windows are the lifetime, ``total``).
 MAX_ROLLING_HOURS = 10 * 365 * 24
@@ -38,8 +55,9 @@ class Period:
 
 
 def parse_period(value: str) -> Period:
-    """Parse a period name; raise ValueError naming what is allowed."""
+    """Parse a period name (ours or ATLAS's, see :data:`ATLAS_ALIASES`); raise ValueError naming what is allowed."""
     text = str(value).strip().lower()
+    text = ATLAS_ALIASES.get(text, text)
     if text in CALENDAR:
         return Period(text)
     if text in LIFETIME:

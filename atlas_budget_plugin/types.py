@@ -109,7 +109,7 @@ def bounded_period(value: str) -> Period:
     return parse_period(value)
 
 
-_ROLLING_COUNT = re.compile(r"^(?:rolling:)?(\d+)([hd])$")
+_ROLLING_COUNT = re.compile(r"^(?:rolling[:_])?(\d+)([hd])$")  # ATLAS writes rolling_30d
 
 
 def is_store_id(value: Any, what: str) -> bool:
