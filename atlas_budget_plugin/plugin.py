@@ -34,6 +34,7 @@ def to_verdict(decision: BudgetDecision) -> Verdict:
         "policy": decision.deciding_policy,
         "alternative_model": decision.alternative_model,
         "alternative_estimate": decision.alternative_estimate,
+        "retry_after": decision.retry_after,  # seconds until a throttle admits calls again
         "policies": [
             {
                 "name": s.policy_name,

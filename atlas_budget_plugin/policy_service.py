@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from math import ceil
 from typing import Any
 
 import peewee as pw
@@ -19,7 +21,7 @@ from .periods import bucket_hour
 from .permissions import BudgetPermissionChecker
 from .pricing import DEFAULT_PRICE, UNPRICED, Pricer
 from .settings import BudgetSettings, PolicySpec
-from .store import Ledger, Reservation, Standing, StoreRangeError, Target, target_for
+from .store import Ledger, Rate, Reservation, Standing, StoreRangeError, Target, target_for
 from .store.repository import PolicyRepository
 from .types import (
     Actor,
@@ -42,7 +44,7 @@ Clock = Callable[[], datetime]
 OVERRIDE_TAG = "budget_override"
 
 #: Policy fields that decide which calls and which window a counter counts: changing one rebuilds them.
-_COUNTED_FIELDS = ("scope", "period", "timezone", "enabled", "tenant")
+_COUNTED_FIELDS = ("scope", "period", "timezone", "enabled", "tenant", "provider_limits", "model_limits")
 
 #: Longest text the store keeps for each call field (the usage table's columns).
 CALL_FIELD_LIMITS = {
@@ -132,6 +134,54 @@ class BudgetPolicyService:
             f"per {policy.period}; update it instead of adding a second one"
         )
 
+    def _check_ceiling(self, policy: Policy) -> None:
+        """The global ceiling: no scoped limit above the whole-tenant limit of the same period, nor all
+        scoped limits of one level (the same scope keys, e.g. every per-actor policy) above it combined."""
+        if not self.settings.global_ceiling or not policy.enabled:
+            return
+        peers = [
+            p
+            for p in self.repository.all(policy.tenant)
+            if p.id != policy.id and p.enabled and p.period == policy.period
+        ]
+        whole = [p for p in peers if not p.scope.as_dict()]
+        if not policy.scope.as_dict():
+            whole, peers = [policy], [p for p in peers if p.scope.as_dict()]
+            scoped = peers
+        else:
+            scoped = [policy, *(p for p in peers if p.scope.as_dict())]
+        if not whole:
+            return
+        ceiling = whole[0]
+        hint = "raise the whole-tenant limit, lower the scoped one, or set global_ceiling = false"
+        levels: dict[frozenset[str], list[Policy]] = {}
+        for each in scoped:
+            if each.limit > ceiling.limit:
+                raise ValidationError(
+                    f"policy {each.name!r} limits {each.scope.key()} to {each.limit} per {each.period}, more than the "
+                    f"whole-tenant policy {ceiling.name!r} allows ({ceiling.limit}); {hint}"
+                )
+            levels.setdefault(frozenset(each.scope.as_dict()), []).append(each)
+        for level in levels.values():
+            total = sum((p.limit for p in level), Decimal(0))
+            if total > ceiling.limit:
+                names = ", ".join(repr(p.name) for p in level)
+                raise ValidationError(
+                    f"the {', '.join(sorted(level[0].scope.as_dict()))} policies {names} together limit {total} per "
+                    f"{ceiling.period}, more than the whole-tenant policy {ceiling.name!r} allows ({ceiling.limit}); "
+                    f"{hint}"
+                )
+
+    def _check_fits(self, policy: Policy) -> None:
+        """Run in the writing transaction: no duplicate, and within the global ceiling."""
+        self._check_conflict(policy)
+        self._check_ceiling(policy)
+
+    def _require_for_scope(self, actor: Actor, *policies: Policy) -> None:
+        """A whole-tenant policy is the tenant's ceiling: only ``budget:admin`` sets it."""
+        if any(not p.scope.as_dict() for p in policies):
+            self.permissions.require(actor, "budget:admin")
+
     @staticmethod
     def _write(write: Callable[[], Policy | None]) -> Policy | None:
         try:
@@ -150,8 +200,9 @@ class BudgetPolicyService:
         data.pop("version", None)
         self.permissions.require(actor, "budget:write", data["tenant"])
         candidate = self._validated(data)
+        self._require_for_scope(actor, candidate)
         stored = self._write(
-            lambda: self.repository.add(candidate, actor.id, self.clock(), lambda: self._check_conflict(candidate))
+            lambda: self.repository.add(candidate, actor.id, self.clock(), lambda: self._check_fits(candidate))
         )
         assert stored is not None
         self._rebuild_counters(stored)
@@ -160,7 +211,9 @@ class BudgetPolicyService:
 
     def _rebuild_counters(self, policy: Policy) -> None:
         """Start the policy's counters from the spend already recorded in its scope and window."""
-        self.ledger.reset_policy(policy.id or 0, lambda moment: target_for(policy, moment), self.clock())
+        self.ledger.reset_policy(
+            policy.id or 0, lambda moment, part: self.part_target(policy, moment, part), self.clock()
+        )
 
     def get_policy(self, actor: Actor, policy_id: int) -> Policy:
         """A policy of the actor's tenant (needs ``budget:read``); other tenants' are not found."""
@@ -203,14 +256,15 @@ class BudgetPolicyService:
                 f"policy {before.name!r} is at version {before.version}, not {expected}; reload it and retry"
             )
         after = self._validated({**before.model_dump(), **updates})
+        self._require_for_scope(actor, before, after)
         stored = self._write(
-            lambda: self.repository.replace(before, after, actor.id, self.clock(), lambda: self._check_conflict(after))
+            lambda: self.repository.replace(before, after, actor.id, self.clock(), lambda: self._check_fits(after))
         )
         if stored is None:
             raise ConflictError(f"policy {before.name!r} was changed by someone else; reload it and retry")
         if any(getattr(before, f) != getattr(stored, f) for f in _COUNTED_FIELDS):
             self._rebuild_counters(stored)
-        self._publish("budget.policy_updated", stored, actor)
+        self.bus.publish(BudgetPolicyEvent.updated(before, stored, actor.id))
         return stored
 
     def delete_policy(self, actor: Actor, policy_id: int) -> None:
@@ -277,18 +331,44 @@ class BudgetPolicyService:
         policies = self.repository.all(call.tenant, enabled_only=True, max_age=max_age)
         return [p for p in policies if p.scope.matches(call)]
 
+    def part_target(self, policy: Policy, now: datetime, part: str = "") -> Target | None:
+        """The target of one part of a policy: '' its own limit, ``provider:<p>`` or ``model:<m>`` a sub-limit
+        (None when the policy has no such sub-limit). A sub-limit shares the policy's window and counts the
+        calls of the policy's scope narrowed to that provider or model."""
+        main = self.target(policy, now)
+        if not part:
+            return main
+        kind, _, value = part.partition(":")
+        limits = {"provider": policy.provider_limits, "model": policy.model_limits}.get(kind, {})
+        amount = limits.get(value)
+        if amount is None:
+            return None
+        scope = policy.scope.model_copy(update={kind: value})
+        return replace(main, part=part, limit_units=to_units(amount), rollover_cap_units=0, scope=scope)
+
+    def targets_of(self, policy: Policy, call: LLMCall, now: datetime) -> list[Target]:
+        """The policy's own target and those of the sub-limits that ``call`` falls under."""
+        found = [self.target(policy, now)]
+        if policy.provider_limits or policy.model_limits:
+            for part in (f"provider:{call.provider}", f"model:{call.model}"):
+                sub = self.part_target(policy, now, part)
+                if sub is not None:
+                    found.append(sub)
+        return found
+
     def targets_for(self, call: LLMCall, now: datetime | None = None) -> list[Target]:
         """Targets for charging a finished call to the window of ``now`` (when it was admitted)."""
         now = now or self.clock()
         # Asks the store whether any policy changed (one small read): a policy created a moment ago
         # in another process must count this call, or its counter would miss it.
-        return [self.target(p, now) for p in self.matching(call)]
+        return [t for p in self.matching(call) for t in self.targets_of(p, call, now)]
 
     def _standing(self, policy: Policy, standing: Standing, requested: int) -> PolicyStanding:
         # Built from values the store already checked, on every call: skip re-validation.
+        part = standing.target.part
         return PolicyStanding.model_construct(
             policy_id=policy.id or 0,
-            policy_name=policy.name,
+            policy_name=f"{policy.name} [{part.replace(':', '=', 1)}]" if part else policy.name,
             enforcement=self.enforcement(policy),
             window_start=standing.target.window_start,
             window_end=standing.target.window_end,
@@ -332,6 +412,14 @@ class BudgetPolicyService:
             try:
                 estimate = self.pricer.estimate(call)
             except UnknownPriceError as exc:
+                if not self.matching(call):  # unknown_model governs calls a budget covers; nothing covers this one
+                    return BudgetDecision(
+                        allowed=True,
+                        reason="no budget policy applies",
+                        estimated_cost=Decimal(0),
+                        price_source=UNPRICED,
+                        warnings=(f"{exc}; no budget policy covers this call, so it is allowed and recorded unpriced",),
+                    )
                 return BudgetDecision(
                     allowed=False,
                     reason=f"{exc} (unknown_model = block)",
@@ -351,7 +439,7 @@ class BudgetPolicyService:
                 warnings=self._price_warnings(call, source),
             )
         by_id = {p.id: p for p in policies}
-        targets = [self.target(p, now) for p in policies]
+        targets = [t for p in policies for t in self.targets_of(p, call, now)]
         units = to_units(amount)
         views: list[PolicyStanding] = []
 
@@ -359,9 +447,23 @@ class BudgetPolicyService:
             views[:] = [self._standing(by_id[s.target.policy_id], s, units) for s in standings]
             return not any(self._blocks(v, call) for v in views)
 
+        def rates(standings: list[Standing]) -> list[Rate]:
+            """Throttles past their threshold: their minute's rate must admit this call too."""
+            found = []
+            for standing in standings:
+                policy = by_id[standing.target.policy_id]
+                if standing.target.part or self.enforcement(policy) != "throttle":
+                    continue
+                used = standing.spent_units + standing.reserved_units + units
+                if used * 100 >= standing.limit_units * policy.throttle_after:
+                    spend = to_units(policy.spend_per_minute) if policy.spend_per_minute is not None else None
+                    found.append(Rate(policy.id or 0, minute, policy.calls_per_minute, spend))
+            return found
+
         expires = now + timedelta(seconds=self.settings.reservation_ttl)
+        minute = now.replace(second=0, microsecond=0)
         try:
-            _, outcome = self.ledger.reserve(call.call_id, targets, units, now, expires, decide)
+            reserved = self.ledger.reserve(call.call_id, targets, units, now, expires, decide, rates)
         except StoreRangeError as exc:
             return BudgetDecision(
                 allowed=False,
@@ -369,6 +471,9 @@ class BudgetPolicyService:
                 estimated_cost=amount,
                 price_source=source,
             )
+        outcome = reserved.outcome
+        if outcome is Reservation.THROTTLED and reserved.throttled_by is not None:
+            return self._throttled(call, reserved.throttled_by, by_id, views, amount, source, now)
         if outcome is Reservation.RECORDED:
             return BudgetDecision(
                 allowed=False,
@@ -381,18 +486,52 @@ class BudgetPolicyService:
             )
         return self._decision(call, views, outcome is Reservation.HELD, amount, source, by_id)
 
+    def _throttled(
+        self,
+        call: LLMCall,
+        rate: Rate,
+        by_id: dict[int | None, Policy],
+        views: Sequence[PolicyStanding],
+        amount: Decimal,
+        source: str,
+        now: datetime,
+    ) -> BudgetDecision:
+        policy = by_id[rate.policy_id]
+        wait = max(1, ceil((rate.bucket + timedelta(minutes=1) - now).total_seconds()))
+        limits = []
+        if policy.calls_per_minute is not None:
+            limits.append(f"{policy.calls_per_minute} calls")
+        if policy.spend_per_minute is not None:
+            limits.append(f"{policy.spend_per_minute} {policy.currency}")
+        return BudgetDecision(
+            allowed=False,
+            reason=(
+                f"budget {policy.name!r} (throttle) is past {policy.throttle_after}% of its limit and admits at most "
+                f"{' and '.join(limits)} per minute; retry in {wait} s"
+            ),
+            estimated_cost=amount,
+            price_source=source,
+            deciding_policy=policy.name,
+            standings=tuple(views),
+            retry_after=wait,
+        )
+
     def _price_warnings(self, call: LLMCall, source: str) -> tuple[str, ...]:
+        defaults = self.pricer.estimate_warning(call, source)  # the hold came from default token counts
+        found = (defaults,) if defaults else ()
         if source.endswith(UNPRICED):
             return (
                 f"no price is known for {call.provider}/{call.model}; its cost counts as 0 "
                 "(unknown_model = allow_unpriced)",
+                *found,
             )
         if source.endswith(DEFAULT_PRICE):
             return (
                 f"no price is known for {call.provider}/{call.model}; estimated at the default price "
                 f"{self.settings.unknown_model} per million tokens (unknown_model)",
+                *found,
             )
-        return ()
+        return found
 
     def _decision(
         self,

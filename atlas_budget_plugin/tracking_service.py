@@ -150,7 +150,7 @@ class BudgetTrackingService:
             resolved = self.pricer.resolve_usage(call, usage)
         except Exception as exc:  # a response body we cannot read: the provider still billed the call
             return self._record_estimate(call, f"usage unreadable: {exc}", error)
-        if error is not None and resolved.is_empty:
+        if error is not None and resolved.is_empty and not usage.billed:
             try:
                 self.ledger.release(call.call_id)
             except STORE_ERRORS as exc:
@@ -158,7 +158,9 @@ class BudgetTrackingService:
                 log.warning("budget store unreachable (%s); the hold of call %s expires on its own", exc, call.call_id)
             return None
         if resolved.cost is None and resolved.is_empty:
-            return self._record_estimate(call, "no usage reported", error)
+            # billed: the provider started answering (a stream abandoned before its usage arrived)
+            why = "billed, but no usage reported" if usage.billed else "no usage reported"
+            return self._record_estimate(call, why, error)
         try:
             price = self.pricer.price(call, resolved)
             metadata = self._metadata(resolved, price.source, error)

@@ -524,6 +524,7 @@ class BudgetDecision(_Frozen):
     reserved: bool = False
     alternative_model: str | None = None
     alternative_estimate: Decimal | None = None
+    retry_after: int | None = None  # seconds until a throttle admits calls again
 
 
 class UsageRecord(_Frozen):

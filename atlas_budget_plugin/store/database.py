@@ -19,7 +19,7 @@ import peewee as pw
 from playhouse import db_url
 
 from ..exceptions import SettingsError, StoreUnavailable
-from .migrations import exact_text
+from .migrations import exact_text, policy_options_and_counter_parts
 from .models import ALL_MODELS, SCHEMA_VERSION, Meta, SchemaVersion, db_proxy
 
 #: Durability first: a recorded call survives a crash or power loss once recorded
@@ -41,7 +41,7 @@ SCHEMA_LOCK_ID = 0x41544C53
 SUPPORTED = "sqlite:///path/to/budget.db, postgresql://user@host:5432/db, mysql://user@host:3306/db"
 
 #: version -> step that upgrades a database from that version to the next one.
-MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: exact_text}
+MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: exact_text, 2: policy_options_and_counter_parts}
 
 
 @dataclass(frozen=True)

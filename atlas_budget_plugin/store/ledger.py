@@ -49,6 +49,9 @@ def aware(moment: datetime | str) -> datetime:
 
 _HOUR = timedelta(hours=1)
 
+#: A counter series: (policy id, part) — the policy's own limit has part ''.
+Ident = tuple[int, str]
+
 
 @dataclass(frozen=True)
 class Target:
@@ -69,6 +72,12 @@ class Target:
     counter_start: datetime | None = None  # rolling windows write to the current hour's counter
     tenant: str | None = None
     scope: Scope | None = field(default=None, compare=False, hash=False)
+    part: str = ""  # '' for the policy's own limit, ``provider:<p>`` / ``model:<m>`` for a sub-limit
+
+    @property
+    def ident(self) -> tuple[int, str]:
+        """Which counter series this target is: the policy's own, or one of its sub-limits."""
+        return (self.policy_id, self.part)
 
     @property
     def key(self) -> datetime:
@@ -154,6 +163,26 @@ class Reservation(enum.Enum):
     HELD = "held"  # the amount is held on every target (or already was, for this call id)
     DENIED = "denied"  # ``decide`` said no: nothing held
     RECORDED = "recorded"  # this call id was already recorded: a finished call cannot hold again
+    THROTTLED = "throttled"  # a throttle's rate for this minute is used up: nothing held
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A throttle: at most ``max_calls`` calls and ``max_units`` of estimates admitted in the minute ``bucket``."""
+
+    policy_id: int
+    bucket: datetime
+    max_calls: int | None
+    max_units: int | None
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """What ``reserve`` found and did; ``throttled_by`` names the rate that was used up."""
+
+    standings: list[Standing]
+    outcome: Reservation
+    throttled_by: Rate | None = None
 
 
 #: Largest value any money or token column may reach. SQLite turns an integer sum past 2**63 into an
@@ -281,8 +310,8 @@ class Ledger:
         if target.policy_created_at and target.policy_created_at >= target.window_start:
             return 0  # the policy did not exist during the previous window
         prev = self._sql(
-            f"SELECT spent_units, reserved_units FROM {_COUNTER} WHERE policy_id = ? AND window_start = ?",
-            (target.policy_id, self._dt(target.previous_window_start)),
+            f"SELECT spent_units, reserved_units FROM {_COUNTER} WHERE policy_id = ? AND part = ? AND window_start = ?",
+            (target.policy_id, target.part, self._dt(target.previous_window_start)),
         ).fetchone()
         if prev is not None:
             used = int(prev[0]) + int(prev[1])  # holds of that window become its spend when they settle
@@ -290,13 +319,13 @@ class Ledger:
             used = self._backfill(target, target.previous_window_start, target.window_start)
         return max(0, min(target.rollover_cap_units, target.limit_units - used))
 
-    def _find_counters(self, targets: Sequence[Target]) -> dict[int, int]:
-        """policy_id -> counter id of each target's current counter (no lock)."""
+    def _find_counters(self, targets: Sequence[Target]) -> dict[Ident, int]:
+        """(policy_id, part) -> counter id of each target's current counter (no lock)."""
         # OR of equalities, not a row-value IN: SQLite scans the whole index for the latter.
-        pairs = " OR ".join("(policy_id = ? AND window_start = ?)" for _ in targets)
-        params = [v for t in targets for v in (t.policy_id, self._dt(t.key))]
-        rows = self._sql(f"SELECT id, policy_id FROM {_COUNTER} WHERE {pairs}", params).fetchall()
-        return {int(r[1]): int(r[0]) for r in rows}
+        pairs = " OR ".join("(policy_id = ? AND part = ? AND window_start = ?)" for _ in targets)
+        params = [v for t in targets for v in (t.policy_id, t.part, self._dt(t.key))]
+        rows = self._sql(f"SELECT id, policy_id, part FROM {_COUNTER} WHERE {pairs}", params).fetchall()
+        return {(int(r[1]), r[2]): int(r[0]) for r in rows}
 
     def _lock_ids(self, ids: Iterable[int]) -> dict[int, tuple[int, int, int]]:
         """counter id -> (policy_id, spent, reserved), rows locked in ascending id order.
@@ -323,36 +352,39 @@ class Ledger:
         """
         ignore = {"sqlite": "INSERT OR IGNORE INTO", "mysql": "INSERT IGNORE INTO"}
         tail = " ON CONFLICT DO NOTHING" if self.kind == "postgres" else ""
-        for target in sorted(targets, key=lambda t: (t.policy_id, t.key)):
+        for target in sorted(targets, key=lambda t: (t.ident, t.key)):
             spent = self._backfill(target, target.key, target.counter_end)
             self._sql(
-                f"{ignore.get(self.kind, 'INSERT INTO')} {_COUNTER} (policy_id, window_start, spent_units, "
-                f"reserved_units, carry_units) VALUES (?, ?, ?, 0, 0){tail}",
-                (target.policy_id, self._dt(target.key), spent),
+                f"{ignore.get(self.kind, 'INSERT INTO')} {_COUNTER} (policy_id, part, window_start, spent_units, "
+                f"reserved_units, carry_units) VALUES (?, ?, ?, ?, 0, 0){tail}",
+                (target.policy_id, target.part, self._dt(target.key), spent),
             )
 
-    def _sqlite_counters(self, targets: Sequence[Target]) -> dict[int, tuple[int, int, int, int]]:
-        """policy_id -> (counter id, policy_id, spent, reserved) in one read (BEGIN IMMEDIATE holds the lock)."""
+    def _sqlite_counters(self, targets: Sequence[Target]) -> dict[Ident, tuple[int, int, int, int]]:
+        """(policy_id, part) -> (counter id, policy_id, spent, reserved), read in one statement.
+
+        BEGIN IMMEDIATE already holds SQLite's only write lock, so this plain read is a locked one.
+        """
         # OR of equalities, not a row-value IN: SQLite scans the whole index for the latter.
-        pairs = " OR ".join("(policy_id = ? AND window_start = ?)" for _ in targets)
-        params = [v for t in targets for v in (t.policy_id, self._dt(t.key))]
+        pairs = " OR ".join("(policy_id = ? AND part = ? AND window_start = ?)" for _ in targets)
+        params = [v for t in targets for v in (t.policy_id, t.part, self._dt(t.key))]
         rows = self._sql(
-            f"SELECT id, policy_id, spent_units, reserved_units FROM {_COUNTER} WHERE {pairs}",
+            f"SELECT id, policy_id, spent_units, reserved_units, part FROM {_COUNTER} WHERE {pairs}",
             params,
         ).fetchall()
-        return {int(r[1]): (int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows}
+        return {(int(r[1]), r[4]): (int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows}
 
     def _ensure_counters(
         self, targets: Sequence[Target], also_lock: Iterable[int] = ()
-    ) -> tuple[dict[int, int], dict[int, tuple[int, int, int]]]:
+    ) -> tuple[dict[Ident, int], dict[int, tuple[int, int, int]]]:
         """Create the targets' missing counters, then lock them (and ``also_lock``) in id order.
 
-        :return: policy_id -> counter id of each target, and the locked rows by counter id.
+        :return: (policy_id, part) -> counter id of each target, and the locked rows by counter id.
         """
         if self.sqlite:  # BEGIN IMMEDIATE already holds the only write lock: find and read in one statement
             read = self._sqlite_counters(targets) if targets else {}
-            if len(read) < len({t.policy_id for t in targets}):
-                self._create_counters([t for t in targets if t.policy_id not in read])
+            if len(read) < len({t.ident for t in targets}):
+                self._create_counters([t for t in targets if t.ident not in read])
                 read = self._sqlite_counters(targets)
             rows = {r[0]: (r[1], r[2], r[3]) for r in read.values()}
             extra = [i for i in also_lock if i not in rows]
@@ -360,35 +392,37 @@ class Ledger:
                 rows.update(self._lock_ids(extra))
             return {pid: r[0] for pid, r in read.items()}, rows
         found = self._find_counters(targets) if targets else {}
-        missing = [t for t in targets if t.policy_id not in found]
+        missing = [t for t in targets if t.ident not in found]
         if missing:
             self._create_counters(missing)
             found = self._find_counters(targets)
         return found, self._lock_ids([*found.values(), *also_lock])
 
     def _standings(
-        self, targets: Sequence[Target], ids: dict[int, int], rows: dict[int, tuple[int, int, int]]
+        self, targets: Sequence[Target], ids: dict[Ident, int], rows: dict[int, tuple[int, int, int]]
     ) -> list[Standing]:
         rolling = [t for t in targets if t.period.is_rolling]
-        sums: dict[int, tuple[int, int]] = {}
+        sums: dict[tuple[int, str], tuple[int, int]] = {}
         if rolling:
             # One indexed range sum per policy, glued with UNION ALL (an OR of ranges plus GROUP BY is slower).
             one = (
                 f"SELECT ?, SUM(spent_units), SUM(reserved_units) FROM {_COUNTER} "
-                "WHERE policy_id = ? AND window_start >= ? AND window_start < ?"
+                "WHERE policy_id = ? AND part = ? AND window_start >= ? AND window_start < ?"
             )
             params = [
-                v for t in rolling for v in (t.policy_id, t.policy_id, self._dt(t.window_start), self._dt(t.window_end))
+                v
+                for i, t in enumerate(rolling)
+                for v in (i, t.policy_id, t.part, self._dt(t.window_start), self._dt(t.window_end))
             ]
-            for policy_id, spent, reserved in self._sql(" UNION ALL ".join(one for _ in rolling), params).fetchall():
-                sums[int(policy_id)] = (int(spent or 0), int(reserved or 0))
+            for index, spent, reserved in self._sql(" UNION ALL ".join(one for _ in rolling), params).fetchall():
+                sums[rolling[int(index)].ident] = (int(spent or 0), int(reserved or 0))
         result = []
         for target in targets:
             if target.period.is_rolling:
-                spent, reserved = sums.get(target.policy_id, (0, 0))
+                spent, reserved = sums.get(target.ident, (0, 0))
                 result.append(Standing(target, spent, reserved, 0))
             else:
-                _, spent, reserved = rows[ids[target.policy_id]]
+                _, spent, reserved = rows[ids[target.ident]]
                 result.append(Standing(target, spent, reserved, self._carry(target)))
         return result
 
@@ -420,37 +454,42 @@ class Ledger:
         now: datetime,
         expires_at: datetime,
         decide: Callable[[list[Standing]], bool],
-    ) -> tuple[list[Standing], Reservation]:
+        rates: Callable[[list[Standing]], Sequence[Rate]] | None = None,
+    ) -> Reserved:
         """Check and hold ``amount_units`` on every target, or on none.
 
-        ``decide`` sees the standings read under lock and says whether to hold. A
-        repeated call with the same ``call_id`` does not hold twice; a ``call_id``
-        that was already recorded holds nothing (:attr:`Reservation.RECORDED`).
+        ``decide`` sees the standings read under lock and says whether to hold; ``rates``
+        then names the throttles that apply, each checked and counted in the same
+        transaction. A repeated call with the same ``call_id`` does not hold twice; a
+        ``call_id`` that was already recorded holds nothing (:attr:`Reservation.RECORDED`).
         :return: the standings before the hold, and what was done.
         """
         if amount_units > MAX_STORED:
             raise StoreRangeError(f"an estimate of {amount_units} units is beyond what the store can total")
 
-        def work() -> tuple[list[Standing], Reservation]:
+        def work() -> Reserved:
             held, recorded = self._call_state(call_id)
             ids, rows = self._ensure_counters(targets)
             standings = self._standings(targets, ids, rows)
             if held:
-                return standings, Reservation.HELD
+                return Reserved(standings, Reservation.HELD)
             if recorded:
-                return standings, Reservation.RECORDED
+                return Reserved(standings, Reservation.RECORDED)
             if not decide(standings):
-                return standings, Reservation.DENIED
+                return Reserved(standings, Reservation.DENIED)
+            used_up = self._take_rates(rates(standings) if rates else (), amount_units)
+            if used_up is not None:
+                return Reserved(standings, Reservation.THROTTLED, used_up)
             if amount_units and targets:
                 self._check_range(rows, ids.values(), amount_units, reserved=True)
-                counter_ids = sorted(ids[t.policy_id] for t in targets)
+                counter_ids = sorted(ids[t.ident] for t in targets)
                 self._sql(
                     f"UPDATE {_COUNTER} SET reserved_units = reserved_units + ? "
                     f"WHERE id IN ({self._marks(len(counter_ids))})",
                     [amount_units, *counter_ids],
                 )
                 values = [
-                    (call_id, ids[t.policy_id], t.policy_id, amount_units, self._dt(now), self._dt(expires_at))
+                    (call_id, ids[t.ident], t.policy_id, amount_units, self._dt(now), self._dt(expires_at))
                     for t in targets
                 ]
                 self._sql(
@@ -458,7 +497,7 @@ class Ledger:
                     f"VALUES {', '.join('(?, ?, ?, ?, ?, ?)' for _ in values)}",
                     [v for row in values for v in row],
                 )
-            return standings, Reservation.HELD
+            return Reserved(standings, Reservation.HELD)
 
         if not self._unsynced_holds:
             return run_in_transaction(self.db, work)
@@ -467,6 +506,37 @@ class Ledger:
             return run_in_transaction(self.db, work)
         finally:
             self.db.execute_sql("PRAGMA synchronous = FULL")
+
+    def _take_rates(self, rates: Sequence[Rate], amount_units: int) -> Rate | None:
+        """Count this call in each throttle's minute, or return the first whose minute is used up."""
+        if not rates:
+            return None
+        ignore = {"sqlite": "INSERT OR IGNORE INTO", "mysql": "INSERT IGNORE INTO"}
+        tail = " ON CONFLICT DO NOTHING" if self.kind == "postgres" else ""
+        counters = []
+        for rate in sorted(rates, key=lambda r: r.policy_id):
+            self._sql(
+                f"{ignore.get(self.kind, 'INSERT INTO')} {_COUNTER} (policy_id, part, window_start, spent_units, "
+                f"reserved_units, carry_units) VALUES (?, 'rate', ?, 0, 0, 0){tail}",
+                (rate.policy_id, self._dt(rate.bucket)),
+            )
+            row = self._sql(
+                f"SELECT id, spent_units, carry_units FROM {_COUNTER} WHERE policy_id = ? AND part = 'rate' "
+                f"AND window_start = ?{self._lock}",
+                (rate.policy_id, self._dt(rate.bucket)),
+            ).fetchone()
+            counter_id, units, calls = int(row[0]), int(row[1]), int(row[2])
+            if rate.max_calls is not None and calls + 1 > rate.max_calls:
+                return rate
+            if rate.max_units is not None and units + amount_units > rate.max_units:
+                return rate
+            counters.append(counter_id)
+        self._sql(
+            f"UPDATE {_COUNTER} SET spent_units = spent_units + ?, carry_units = carry_units + 1 "
+            f"WHERE id IN ({self._marks(len(counters))})",
+            [amount_units, *counters],
+        )
+        return None
 
     @staticmethod
     def _check_range(
@@ -672,38 +742,52 @@ class Ledger:
 
         return run_in_transaction(self.db, work)
 
-    def reset_policy(self, policy_id: int, target_at: Callable[[datetime], Target], now: datetime) -> None:
-        """Rebuild a policy's counters after its scope, period or timezone changed.
+    def reset_policy(self, policy_id: int, target_at: Callable[[datetime, str], Target | None], now: datetime) -> None:
+        """Rebuild a policy's counters after its scope, period, timezone or sub-limits changed.
 
         The old counters counted other calls, so they are dropped; the counter of
         the current window (and, for rolling windows, of every hour in it with spend) starts
         from the spend recorded in its span under the new scope, and the holds of
-        calls in flight move onto the counter of the window that admitted them.
+        calls in flight move onto the counter of the window that admitted them (a hold on
+        a sub-limit that no longer exists is released). ``target_at(moment, part)`` is the
+        policy's target for a part ('' = its own limit), or None for a part it no longer has.
         """
 
         def work() -> None:
             holds = self._holds("policy_id = ?", (policy_id,))
+            parts = dict(self._sql(f"SELECT id, part FROM {_COUNTER} WHERE policy_id = ?", (policy_id,)).fetchall())
             self._sql(f"DELETE FROM {_COUNTER} WHERE policy_id = ?", (policy_id,))
-            current = target_at(now)
-            wanted = {current.key: current}
+            current = target_at(now, "")
+            assert current is not None
+            wanted: dict[tuple[str, datetime], Target] = {("", current.key): current}
             if current.period.is_rolling and current.scope is not None and current.tenant is not None:
                 # Only the hours that have recorded spend get a counter: a 30-day window is 720 hours.
                 for hour in self._hours_with_spend(current.tenant, current.scope, current.window_start, current.key):
-                    wanted.setdefault(hour, replace(current, counter_start=hour))
-            by_hold = {h.id: target_at(h.created_at) for h in holds}
-            for target in by_hold.values():
-                wanted.setdefault(target.key, target)
+                    wanted.setdefault(("", hour), replace(current, counter_start=hour))
+            by_hold: dict[int, Target] = {}
+            for hold in holds:
+                part = parts.get(hold.counter_id, "")
+                if part == "rate":
+                    continue
+                target = target_at(hold.created_at, part)
+                if target is not None:
+                    by_hold[hold.id] = target
+                    wanted.setdefault((target.part, target.key), target)
+            gone = [h for h in holds if h.id not in by_hold]
+            self._delete_holds(gone)  # their counters were dropped above: nothing to give back
             self._create_counters(list(wanted.values()))
-            keys = sorted(wanted)
-            rows = self._sql(
-                f"SELECT id, window_start FROM {_COUNTER} WHERE policy_id = ? AND window_start IN "
-                f"({self._marks(len(keys))})",
-                [policy_id, *(self._dt(k) for k in keys)],
-            ).fetchall()
-            counter_of = {aware(start): int(counter_id) for counter_id, start in rows}
+            counter_of = {
+                (part, aware(start)): int(counter_id)
+                for counter_id, part, start in self._sql(
+                    f"SELECT id, part, window_start FROM {_COUNTER} WHERE policy_id = ?", (policy_id,)
+                ).fetchall()
+            }
             deltas: dict[int, tuple[int, int]] = {}
             for hold in holds:
-                counter_id = counter_of[by_hold[hold.id].key]
+                target = by_hold.get(hold.id)
+                if target is None:
+                    continue
+                counter_id = counter_of[(target.part, target.key)]
                 reserved, _ = deltas.get(counter_id, (0, 0))
                 deltas[counter_id] = (reserved + hold.amount_units, 0)
                 self._sql(f"UPDATE {_HOLD} SET counter_id = ? WHERE id = ?", (counter_id, hold.id))

@@ -56,4 +56,34 @@ def exact_text(db: pw.Database) -> None:
             db.execute_sql(f"ALTER TABLE `{table}` CONVERT TO CHARACTER SET utf8mb4 COLLATE {collation}")
 
 
-__all__ = ["V1_TABLES", "exact_text", "inexact_columns"]
+def policy_options_and_counter_parts(db: pw.Database) -> None:
+    """2 -> 3: ``budget_policy.options_json`` (sub-limits, throttle) and ``budget_spend_counter.part``.
+
+    The counters' unique key becomes (policy_id, part, window_start), so a policy's sub-limits
+    and its throttle's minute buckets have counters of their own. Each change is made only if
+    it is missing, so an interrupted step runs again safely. Existing rows keep their meaning:
+    ``options_json`` = ``{}`` (no sub-limits), ``part`` = ``''`` (the policy's own limit).
+    """
+    collation = exact_collation(db)
+    collate = f" COLLATE {collation}" if collation else ""
+    quote = "`" if isinstance(db, pw.MySQLDatabase) else '"'
+    columns = {
+        "budget_policy": ("options_json", f"TEXT{collate} NOT NULL DEFAULT '{{}}'"),
+        "budget_spend_counter": ("part", f"VARCHAR(250){collate} NOT NULL DEFAULT ''"),
+    }
+    for table, (column, definition) in columns.items():
+        if column not in {c.name for c in db.get_columns(table)}:
+            db.execute_sql(f"ALTER TABLE {quote}{table}{quote} ADD COLUMN {quote}{column}{quote} {definition}")
+    indexes = {i.name for i in db.get_indexes("budget_spend_counter")}
+    old, new = "budget_spend_counter_policy_id_window_start", "budget_spend_counter_policy_id_part_window_start"
+    if new not in indexes:
+        db.execute_sql(
+            f"CREATE UNIQUE INDEX {quote}{new}{quote} ON {quote}budget_spend_counter{quote} "
+            f"({quote}policy_id{quote}, {quote}part{quote}, {quote}window_start{quote})"
+        )
+    if old in indexes:
+        on = f" ON {quote}budget_spend_counter{quote}" if isinstance(db, pw.MySQLDatabase) else ""
+        db.execute_sql(f"DROP INDEX {quote}{old}{quote}{on}")
+
+
+__all__ = ["V1_TABLES", "exact_text", "inexact_columns", "policy_options_and_counter_parts"]

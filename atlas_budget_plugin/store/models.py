@@ -12,7 +12,8 @@ db_proxy = pw.DatabaseProxy()
 
 #: Bump when the schema changes and add a step to ``store.database.MIGRATIONS``.
 #: 2: every text column compares exactly on MariaDB/MySQL too (``store.migrations``).
-SCHEMA_VERSION = 2
+#: 3: policies keep sub-limits and throttle settings (``options_json``); counters have a ``part``.
+SCHEMA_VERSION = 3
 
 #: Binary collations of MariaDB/MySQL, best first. Text must compare exactly (``'acme' != 'ACME'``,
 #: ``'acme' != 'acme '``) as it does on PostgreSQL and SQLite; ``utf8mb4_bin`` alone is not enough:
@@ -98,6 +99,7 @@ class PolicyRow(BaseModel):
     thresholds_json = ExactTextField(default="[]")
     rollover_cap_units = pw.BigIntegerField(default=0)
     alternatives_json = ExactTextField(default="[]")
+    options_json = ExactTextField(default="{}")  # sub-limits and throttle settings (schema 3)
     enabled = pw.BooleanField(default=True)
     priority = pw.IntegerField(default=0)
     version = pw.IntegerField(default=1)
@@ -113,6 +115,9 @@ class SpendCounter(BaseModel):
     """Spend and holds of one policy in one window (a rolling window sums its hourly counters)."""
 
     policy_id = pw.IntegerField()
+    #: '' for the policy's own limit; ``provider:<name>`` / ``model:<name>`` for a sub-limit; ``rate`` for the
+    #: admissions of one minute of a ``throttle`` policy (money in ``spent_units``, calls in ``carry_units``).
+    part = ExactCharField(max_length=250, default="")
     window_start = pw.DateTimeField()
     spent_units = pw.BigIntegerField(default=0)
     reserved_units = pw.BigIntegerField(default=0)
@@ -120,7 +125,7 @@ class SpendCounter(BaseModel):
 
     class Meta:
         table_name = "budget_spend_counter"
-        indexes = ((("policy_id", "window_start"), True),)
+        indexes = ((("policy_id", "part", "window_start"), True),)
 
 
 class Hold(BaseModel):

@@ -33,6 +33,7 @@ def to_policy(row: PolicyRow) -> Policy:
         alternatives=json.loads(row.alternatives_json),
         enabled=row.enabled,
         priority=row.priority,
+        **json.loads(row.options_json or "{}"),
         version=row.version,
         created_at=aware(row.created_at),
         updated_at=aware(row.updated_at),
@@ -55,7 +56,21 @@ def _columns(policy: Policy) -> dict[str, Any]:
         "alternatives_json": json.dumps(policy.alternatives),
         "enabled": policy.enabled,
         "priority": policy.priority,
+        "options_json": json.dumps(
+            {k: v for k, v in policy.model_dump(mode="json", include=set(OPTIONS)).items() if v != OPTIONS[k]},
+            sort_keys=True,
+        ),
     }
+
+
+#: Policy settings kept in ``options_json``, with their defaults (a default is not stored).
+OPTIONS: dict[str, Any] = {
+    "provider_limits": {},
+    "model_limits": {},
+    "throttle_after": 80,
+    "calls_per_minute": None,
+    "spend_per_minute": None,
+}
 
 
 def policy_json(policy: Policy | None) -> str | None:

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from atlas_budget_plugin import BudgetSettings, bootstrap
 from atlas_budget_plugin.cli import main
+from atlas_budget_plugin.store import SCHEMA_VERSION
 from atlas_budget_plugin.types import Actor
 
 
@@ -43,7 +44,7 @@ def test_doctor(tmp_path: Path) -> None:
     config.write_text(f'database_url = "sqlite:///{tmp_path}/d.db"\n')
     result = CliRunner().invoke(main, ["--config", str(config), "doctor"])
     assert result.exit_code == 0, result.output
-    assert f"settings file: {config} (found)" in result.output and "schema version: 2" in result.output
+    assert f"settings file: {config} (found)" in result.output and f"schema version: {SCHEMA_VERSION}" in result.output
 
 
 def test_bad_settings_file_is_one_line_error(tmp_path: Path) -> None:
