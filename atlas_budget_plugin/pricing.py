@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import tomllib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
+from importlib import resources
 from typing import Any, Protocol
 
 import genai_prices
@@ -116,6 +119,16 @@ class PriceHook(Protocol):
     def price(self, call: LLMCall, usage: LLMUsage) -> Decimal | None: ...
 
 
+MEDIA_SOURCE = "atlas-budget media prices"
+
+
+@functools.lru_cache(maxsize=1)
+def media_prices() -> dict[str, PriceOverride]:
+    """The shipped per-unit prices (images by size and quality, audio seconds, characters), by provider/model."""
+    text = resources.files("atlas_budget_plugin").joinpath("data/media_prices.toml").read_text(encoding="utf-8")
+    return {key: PriceOverride.model_validate(entry) for key, entry in tomllib.loads(text).items()}
+
+
 @dataclass(frozen=True)
 class Price:
     """A cost and where it came from (stored with each record so it can be audited)."""
@@ -193,13 +206,23 @@ class Pricer:
             f"genai-prices {genai_prices.__version__}: {result.provider.id}/{result.model.id}{tier}",
         )
 
+    @staticmethod
+    def _media(call: LLMCall, usage: LLMUsage) -> Price | None:
+        """Images, transcription and speech the catalogue does not price, from the shipped data file."""
+        key = f"{call.provider}/{call.model}"
+        price = media_prices().get(key)
+        if price is None or not usage.units or any(name not in price.per_unit for name in usage.units):
+            return None
+        return Price(Pricer._apply(price, usage, MEDIA_SOURCE), f"{MEDIA_SOURCE}: {key}")
+
     def price(self, call: LLMCall, usage: LLMUsage) -> Price:
         """Price ``usage`` of ``call``; the first source that knows wins.
 
         1. the cost the provider reported (``usage.cost``);
         2. a third-party ``budget_price`` hook;
         3. a ``[prices."provider/model"]`` (or ``[prices."model"]``) override in settings;
-        4. the genai-prices catalogue;
+        4. the genai-prices catalogue, then the shipped prices of images, transcription and speech
+           (``atlas_budget_plugin/data/media_prices.toml``);
         5. the ``unknown_model`` setting: a default price, ``allow_unpriced`` (cost 0),
            or ``block`` (raise :class:`UnknownPriceError`).
         """
@@ -228,8 +251,11 @@ class Pricer:
             key, price = override
             return Price(self._apply(price, usage, f"prices.{key}"), f"settings prices.{key}")
         catalogued = self._catalogue(call, usage)
-        if catalogued is not None:
+        media = self._media(call, usage)
+        if catalogued is not None and (catalogued.cost > 0 or media is None):
             return catalogued
+        if media is not None:  # the catalogue does not know it, or priced these units at nothing
+            return media
         if self.default_price is not None and not usage.units:
             default = PriceOverride(input=self.default_price, output=self.default_price)
             return Price(self._apply(default, usage), DEFAULT_PRICE)

@@ -167,3 +167,35 @@ def test_throttle_under_threads_never_admits_more_than_its_rate(services: Budget
     for t in threads:
         t.join()
     assert results.count(True) == 5 and len(results) == 20
+
+
+# -- prices the catalogue lacks ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("model", "units", "expected"),
+    [
+        ("dall-e-3", {"image:1024x1024:hd": 2}, Decimal("0.160")),
+        ("dall-e-3", {"image:1792x1024:standard": 1}, Decimal("0.080")),
+        ("dall-e-2", {"image:512x512": 3}, Decimal("0.054")),
+        ("gpt-image-1", {"image:1536x1024:high": 1}, Decimal("0.25")),
+        ("gpt-4o-mini-transcribe", {"audio_seconds": 120}, Decimal("0.006")),  # 2 minutes at 0.003
+        ("tts-1-hd", {"characters": 1000}, Decimal("0.03")),
+    ],
+)
+def test_image_and_audio_calls_are_priced_from_the_shipped_file(
+    services: BudgetServices, admin: Actor, model: str, units: dict[str, int], expected: Decimal
+) -> None:
+    record = services.tracking.record_call(call("m", None, model=model, operation="image"), LLMUsage(units=units))
+    assert record is not None and record.cost == expected and "media prices" in record.price_source
+
+
+def test_an_override_wins_over_the_shipped_price(make_services: Any) -> None:
+    services = make_services(prices={"openai/dall-e-3": {"per_unit": {"image:1024x1024:hd": "0.07"}}})
+    record = services.tracking.record_call(call("m", None, model="dall-e-3"), LLMUsage(units={"image:1024x1024:hd": 1}))
+    assert record is not None and record.cost == Decimal("0.07") and "settings prices" in record.price_source
+
+
+def test_a_size_the_file_does_not_price_is_not_guessed(services: BudgetServices) -> None:
+    record = services.tracking.record_call(call("m", "0.50", model="dall-e-3"), LLMUsage(units={"image:64x64:hd": 1}))
+    assert record is not None and record.cost == Decimal("0.50") and "cannot price" in record.price_source

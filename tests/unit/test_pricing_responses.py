@@ -88,11 +88,11 @@ def test_audio_seconds_from_catalogue(tmp_path: Path) -> None:
     assert price.cost == expected.total_price > 0
 
 
-def test_units_the_catalogue_cannot_price_need_an_override(tmp_path: Path) -> None:
-    call = LLMCall(call_id="c", provider="openai", model="tts-1", operation="audio")
+def test_units_nobody_prices_need_an_override(tmp_path: Path) -> None:
+    call = LLMCall(call_id="c", provider="local", model="voice-9", operation="audio")
     with pytest.raises(UnknownPriceError, match=r"with units \['characters'\]"):
         pricer(tmp_path, unknown_model="1.00").price(call, LLMUsage(units={"characters": 1200}))
-    p = pricer(tmp_path, prices={"openai/tts-1": {"per_unit": {"characters": "0.000015"}}})
+    p = pricer(tmp_path, prices={"local/voice-9": {"per_unit": {"characters": "0.000015"}}})
     assert p.price(call, LLMUsage(units={"characters": 1200})).cost == Decimal("0.018")
 
 
