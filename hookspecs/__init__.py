@@ -4,8 +4,8 @@ This package holds no budget code. ATLAS imports only this; plugins are found
 through the entry-point group ``atlas`` and write ``from hookspecs import hookimpl``.
 """
 
-from .aio import async_guarded_call
-from .guard import CallGuard, guarded_call, post_each, run_guarded
+from .aio import async_guarded_call, async_open_call
+from .guard import CallGuard, OpenCall, check_call, guarded_call, open_call, post_each, run_guarded
 from .loader import (
     BLOCKED_ENV,
     STRICT_ENV,
@@ -29,16 +29,20 @@ __all__ = [
     "LLMCall",
     "LLMUsage",
     "LoadFailure",
+    "OpenCall",
     "PluginLoadError",
     "StreamUsage",
     "Verdict",
     "approx_tokens",
     "async_guarded_call",
+    "async_open_call",
+    "check_call",
     "guarded_call",
     "hookimpl",
     "hookspec",
     "load_entry_points",
     "load_plugins",
+    "open_call",
     "plain",
     "plugin_names",
     "post_each",

@@ -22,10 +22,10 @@ from typing import Any, TypeVar
 
 import pluggy
 
-from .guard import CallGuard, post_each
+from .guard import CallGuard, OpenCall, post_each
 from .types import CallBlocked, LLMCall, LLMUsage, Verdict
 
-__all__ = ["DEFAULT_WORKERS", "WORKERS_ENV", "async_guarded_call", "hook_executor", "run_hook"]
+__all__ = ["DEFAULT_WORKERS", "WORKERS_ENV", "async_guarded_call", "async_open_call", "hook_executor", "run_hook"]
 
 T = TypeVar("T")
 
@@ -137,3 +137,22 @@ async def async_guarded_call(
         await _complete(post_each, pm, call, guard.settled_usage(exc), exc, executor=executor)
         raise
     await _complete(post_each, pm, call, guard.settled_usage(None), None, executor=executor)
+
+
+async def async_open_call(pm: pluggy.PluginManager, call: LLMCall, *, executor: Executor | None = None) -> OpenCall:
+    """:func:`hookspecs.open_call` for asyncio hosts: the check runs off the loop; end with ``await afinish()``.
+
+    Raises :class:`CallBlocked` like :func:`async_guarded_call`; a check cancelled
+    midway is followed by a releasing ``post_llm_call`` before the cancellation propagates.
+    """
+    try:
+        verdicts = await _complete(_check, pm, call, executor=executor)
+    except BaseException as exc:
+        await _complete(post_each, pm, call, LLMUsage(), exc, executor=executor)
+        raise
+    denying = next((v for v in verdicts if not v.allowed), None)
+    if denying is not None:
+        blocked = CallBlocked(denying)
+        await _complete(post_each, pm, call, LLMUsage(), blocked, executor=executor)
+        raise blocked
+    return OpenCall(pm, CallGuard(call, verdicts), executor)

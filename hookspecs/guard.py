@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -82,6 +84,90 @@ def post_each(pm: pluggy.PluginManager, call: LLMCall, usage: LLMUsage, error: B
             log.exception("post_llm_call of plugin %r failed for call %s", impl.plugin_name, call.call_id)
 
 
+def check_call(pm: pluggy.PluginManager, call: LLMCall) -> CallGuard:
+    """``pre_llm_call`` of every plugin; a guard for the allowed call, else :class:`CallBlocked`.
+
+    Shared by :func:`guarded_call`, :func:`open_call` and their asyncio forms. A
+    check that raises, or a deny, is followed by one ``post_llm_call`` with that
+    error, so plugins that reserved before another denied release.
+    """
+    try:
+        verdicts = [v for v in pm.hook.pre_llm_call(call=call) if v is not None]
+    except BaseException as exc:
+        post_each(pm, call, LLMUsage(), exc)
+        raise
+    denying = next((v for v in verdicts if not v.allowed), None)
+    if denying is not None:
+        blocked = CallBlocked(denying)
+        post_each(pm, call, LLMUsage(), blocked)
+        raise blocked
+    return CallGuard(call, verdicts)
+
+
+class OpenCall:
+    """An allowed call whose end is not the end of a ``with`` block, e.g. an HTTP response read later.
+
+    Made by :func:`open_call` (or :func:`hookspecs.aio.async_open_call`). The host
+    feeds ``guard`` (``usage`` or ``observe``) and calls :meth:`finish` (or
+    :meth:`afinish` on an event loop) when the call ends: every plugin's
+    ``post_llm_call`` runs exactly once, however often and from whichever threads
+    ``finish`` is called; later calls return False.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager, guard: CallGuard, executor: Executor | None = None) -> None:
+        self.pm = pm
+        self.guard = guard
+        self.executor = executor
+        self._lock = threading.Lock()
+        self._finished = False
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def _claim(self) -> bool:
+        with self._lock:
+            if self._finished:
+                return False
+            self._finished = True
+            return True
+
+    def finish(self, error: BaseException | None = None) -> bool:
+        """Report the call's usage (see :meth:`CallGuard.settled_usage`) and ``error``; True the first time."""
+        if not self._claim():
+            return False
+        post_each(self.pm, self.guard.call, self.guard.settled_usage(error), error)
+        return True
+
+    async def afinish(self, error: BaseException | None = None) -> bool:
+        """:meth:`finish` off the event loop; runs to its end even if the awaiting task is cancelled."""
+        if not self._claim():
+            return False
+        from .aio import _complete  # aio imports this module
+
+        usage = self.guard.settled_usage(error)
+        await _complete(post_each, self.pm, self.guard.call, usage, error, executor=self.executor)
+        return True
+
+
+def open_call(pm: pluggy.PluginManager, call: LLMCall) -> OpenCall:
+    """Check ``call`` like :func:`guarded_call` (raising :class:`CallBlocked` on a deny) and return it open.
+
+    For hosts whose call ends somewhere a ``with`` block cannot reach, such as an
+    HTTP transport that settles when the SDK has read the response body. The host
+    must call :meth:`OpenCall.finish` exactly when the call ends::
+
+        opened = open_call(pm, call)
+        try:
+            response = send(...)
+        except BaseException as exc:
+            opened.finish(exc)
+            raise
+        ...  # later, when the body has been read: opened.guard.usage = ...; opened.finish()
+    """
+    return OpenCall(pm, check_call(pm, call))
+
+
 @contextmanager
 def guarded_call(pm: pluggy.PluginManager, call: LLMCall) -> Iterator[CallGuard]:
     """Check ``call`` with every plugin, then let the host make it.
@@ -100,17 +186,7 @@ def guarded_call(pm: pluggy.PluginManager, call: LLMCall) -> Iterator[CallGuard]
             response = client.chat(...)
             guard.usage = LLMUsage(input_tokens=..., output_tokens=...)
     """
-    try:
-        verdicts = [v for v in pm.hook.pre_llm_call(call=call) if v is not None]
-    except BaseException as exc:
-        post_each(pm, call, LLMUsage(), exc)
-        raise
-    denying = next((v for v in verdicts if not v.allowed), None)
-    if denying is not None:
-        blocked = CallBlocked(denying)
-        post_each(pm, call, LLMUsage(), blocked)
-        raise blocked
-    guard = CallGuard(call, verdicts)
+    guard = check_call(pm, call)
     try:
         yield guard
     except BaseException as exc:
