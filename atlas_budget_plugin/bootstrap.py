@@ -69,6 +69,7 @@ class BudgetServices:
 
     def _apply_declared(self) -> None:
         try:
+            self.policies.apply_declared_links(self.settings.scope_links)
             self.policies.apply_declared(self.settings.policies)
             self.alerts.apply_declared(self.settings.alerts)
         except STORE_ERRORS:
@@ -159,6 +160,7 @@ def bootstrap(
         permissions,
         clock,
         spool=Spool(settings.spool_file),
+        attribution=policies.attribution,
     )
     alerts = BudgetAlertService(
         AlertRepository(db),

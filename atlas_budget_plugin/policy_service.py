@@ -16,11 +16,12 @@ from hookspecs import LLMCall
 
 from .bus import MessageBus
 from .exceptions import ConflictError, NotFoundError, UnknownPriceError, ValidationError
+from .hierarchy import Attribution, covers, node_text, parse_node
 from .money import from_units, parse_money, to_units
 from .periods import bucket_hour
 from .permissions import BudgetPermissionChecker
 from .pricing import DEFAULT_PRICE, UNPRICED, Pricer
-from .settings import BudgetSettings, PolicySpec
+from .settings import BudgetSettings, PolicySpec, ScopeLinkSpec
 from .store import Ledger, Rate, Reservation, Standing, StoreRangeError, Target, target_for
 from .store.repository import PolicyRepository
 from .types import (
@@ -327,9 +328,57 @@ class BudgetPolicyService:
         return target
 
     def matching(self, call: LLMCall, max_age: float = 0.0) -> list[Policy]:
-        """Enabled policies of the call's tenant whose scope matches the call."""
+        """Enabled policies of the call's tenant whose scope covers the call, directly or through an ancestor."""
         policies = self.repository.all(call.tenant, enabled_only=True, max_age=max_age)
-        return [p for p in policies if p.scope.matches(call)]
+        attributed = self.attribution(call)
+        return [p for p in policies if covers(p.scope, call, attributed)]
+
+    def attribution(self, call: LLMCall) -> Attribution:
+        """Tag values ``call`` belongs to through the scope hierarchy (links may be a second stale elsewhere)."""
+        return self.repository.links(call.tenant, max_age=1.0).attribution(call)
+
+    # -- scope hierarchy ----------------------------------------------------------------------
+
+    def link_scope(self, actor: Actor, child: str, parent: str) -> bool:
+        """Declare that ``child`` (e.g. ``actor=alice``) belongs to ``parent`` (e.g. ``team=red``); needs
+        ``budget:admin``. Calls recorded from now on count in the parent's policies and reports too.
+        Several parents are allowed; a link that would close a cycle is refused. False when it existed."""
+        self.permissions.require(actor, "budget:admin")
+        nodes = parse_node(child, "child"), parse_node(parent, "parent")
+        return self.repository.add_link(actor.tenant, *nodes, actor.id, self.clock())
+
+    def unlink_scope(self, actor: Actor, child: str, parent: str) -> bool:
+        """Remove a link (``budget:admin``); False when there was none."""
+        self.permissions.require(actor, "budget:admin")
+        nodes = parse_node(child, "child"), parse_node(parent, "parent")
+        return self.repository.remove_link(actor.tenant, *nodes, actor.id, self.clock())
+
+    def scope_links(self, actor: Actor) -> list[tuple[str, str]]:
+        """Every (child, parent) link of the actor's tenant."""
+        self.permissions.require(actor, "budget:read")
+        hierarchy = self.repository.links(actor.tenant)
+        return sorted((node_text(c), node_text(p)) for c, ps in hierarchy.parents.items() for p in ps)
+
+    def ancestors(self, actor: Actor, value: str) -> list[str]:
+        """Every value ``value`` belongs to, directly or not."""
+        self.permissions.require(actor, "budget:read")
+        return sorted(node_text(n) for n in self.repository.links(actor.tenant).ancestors(parse_node(value)))
+
+    def descendants(self, actor: Actor, value: str) -> list[str]:
+        """Every value that belongs to ``value``, directly or not."""
+        self.permissions.require(actor, "budget:read")
+        return sorted(node_text(n) for n in self.repository.links(actor.tenant).descendants(parse_node(value)))
+
+    def lineage(self, actor: Actor, value: str) -> list[list[str]]:
+        """Each path from ``value`` up to a value that belongs to nothing, shortest first."""
+        self.permissions.require(actor, "budget:read")
+        paths = self.repository.links(actor.tenant).lineage(parse_node(value))
+        return [[node_text(n) for n in path] for path in paths]
+
+    def apply_declared_links(self, links: Iterable[ScopeLinkSpec]) -> None:
+        """Create the links declared in settings (idempotent; a cycle is a settings error)."""
+        for link in links:
+            self.link_scope(Actor.system(link.tenant), link.child, link.parent)
 
     def part_target(self, policy: Policy, now: datetime, part: str = "") -> Target | None:
         """The target of one part of a policy: '' its own limit, ``provider:<p>`` or ``model:<m>`` a sub-limit

@@ -95,6 +95,16 @@ class PolicySpec(Policy):
     limit: Money
 
 
+class ScopeLinkSpec(BaseModel):
+    """A scope hierarchy link declared in the settings file: ``child`` belongs to ``parent``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    child: str = Field(min_length=3, max_length=250)  # e.g. "actor=alice", "tag.agent=planner"
+    parent: str = Field(min_length=3, max_length=250)  # e.g. "team=red"
+    tenant: str = Field(default="default", min_length=1, max_length=200)
+
+
 _config_file: ContextVar[Path | None] = ContextVar("atlas_budget_config_file", default=None)
 _file_data: ContextVar[dict[str, Any] | None] = ContextVar("atlas_budget_file_data", default=None)
 
@@ -129,6 +139,7 @@ class BudgetSettings(BaseSettings):
     actor: str = "system"
     roles: dict[str, Literal["budget:read", "budget:write", "budget:admin"]] = Field(default_factory=dict)
     global_ceiling: bool = True
+    scope_links: list[ScopeLinkSpec] = Field(default_factory=list, max_length=10_000)
     policies: list[PolicySpec] = Field(default_factory=list)
     alerts: list[AlertConfig] = Field(default_factory=list)
     sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -123,8 +123,10 @@ class BudgetTrackingService:
         permissions: BudgetPermissionChecker | None = None,
         clock: Clock = utcnow,
         spool: Spool | None = None,
+        attribution: Callable[[LLMCall], Mapping[str, frozenset[str]]] | None = None,
     ) -> None:
         self.spool = spool
+        self.attribution = attribution or (lambda call: {})
         self.ledger = ledger
         self.reports = UsageReports(ledger.db)
         self.pricer = pricer
@@ -297,6 +299,8 @@ class BudgetTrackingService:
             "price_source": metadata["price_source"],
             "error": metadata["error"],
             "recorded_at": naive(now),
+            # The ancestors the call belongs to now, kept with it so reports and counters agree later.
+            "lineage_json": json.dumps({k: sorted(v) for k, v in self.attribution(call).items()}, sort_keys=True),
         }
         settled = self.ledger.settle(call.call_id, to_units(amount), row, lambda moment: self.targets(call, moment))
         record = to_record(settled.row)

@@ -110,17 +110,17 @@ def target_for(policy: Policy, now: datetime) -> Target:
 
 
 def scope_matches_row(scope: Scope, row: dict[str, Any]) -> bool:
-    """``Scope.matches`` for a stored usage row (its columns and its tags)."""
+    """``Scope.matches`` for a stored usage row: its columns, its tags, and the tag values it was attributed
+    to through the scope hierarchy when recorded (``lineage_json``), as enforcement matched the call."""
     for key in CALL_DIMENSIONS:
         wanted = getattr(scope, key)
         if wanted is not None and row[key] != wanted:
             return False
     tags = json.loads(row["tags_json"] or "{}")
-    for key in TAG_DIMENSIONS:
-        wanted = getattr(scope, key)
-        if wanted is not None and tags.get(key) != wanted:
-            return False
-    return all(tags.get(k) == v for k, v in scope.tags.items())
+    lineage = json.loads(row.get("lineage_json") or "{}")
+    wanted_tags = {key: getattr(scope, key) for key in TAG_DIMENSIONS if getattr(scope, key) is not None}
+    wanted_tags.update(scope.tags)
+    return all(tags.get(k) == v or v in lineage.get(k, ()) for k, v in wanted_tags.items())
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,7 @@ USAGE_COLUMNS = (
     "price_source",
     "error",
     "recorded_at",
+    "lineage_json",
 )
 _ROLLUP = "budget_usage_hourly"
 _ROLLUP_KEYS = ["tenant", "dimension", "dim_value", "hour"]
@@ -221,7 +222,7 @@ _HOLD = "budget_hold"
 _USAGE = "budget_usage"
 
 
-_BACKFILL_COLUMNS = ("cost_units", "tenant", *CALL_DIMENSIONS, "tags_json")
+_BACKFILL_COLUMNS = ("cost_units", "tenant", *CALL_DIMENSIONS, "tags_json", "lineage_json")
 
 
 class Ledger:

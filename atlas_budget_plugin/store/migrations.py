@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import peewee as pw
 
-from .models import exact_collation
+from .models import ScopeLink, exact_collation
 
 #: The tables of schema version 1 (fixed: later tables are created exact from the start).
 V1_TABLES = (
@@ -57,7 +57,8 @@ def exact_text(db: pw.Database) -> None:
 
 
 def policy_options_and_counter_parts(db: pw.Database) -> None:
-    """2 -> 3: ``budget_policy.options_json`` (sub-limits, throttle) and ``budget_spend_counter.part``.
+    """2 -> 3: ``budget_policy.options_json`` (sub-limits, throttle), ``budget_spend_counter.part``, the
+    ``budget_scope_link`` table and ``budget_usage.lineage_json`` (scope hierarchy).
 
     The counters' unique key becomes (policy_id, part, window_start), so a policy's sub-limits
     and its throttle's minute buckets have counters of their own. Each change is made only if
@@ -67,11 +68,14 @@ def policy_options_and_counter_parts(db: pw.Database) -> None:
     collation = exact_collation(db)
     collate = f" COLLATE {collation}" if collation else ""
     quote = "`" if isinstance(db, pw.MySQLDatabase) else '"'
-    columns = {
-        "budget_policy": ("options_json", f"TEXT{collate} NOT NULL DEFAULT '{{}}'"),
-        "budget_spend_counter": ("part", f"VARCHAR(250){collate} NOT NULL DEFAULT ''"),
-    }
-    for table, (column, definition) in columns.items():
+    columns = [
+        ("budget_policy", "options_json", f"TEXT{collate} NOT NULL DEFAULT '{{}}'"),
+        ("budget_spend_counter", "part", f"VARCHAR(250){collate} NOT NULL DEFAULT ''"),
+        ("budget_usage", "lineage_json", f"TEXT{collate} NOT NULL DEFAULT '{{}}'"),
+    ]
+    if not db.table_exists("budget_scope_link"):
+        db.create_tables([ScopeLink])
+    for table, column, definition in columns:
         if column not in {c.name for c in db.get_columns(table)}:
             db.execute_sql(f"ALTER TABLE {quote}{table}{quote} ADD COLUMN {quote}{column}{quote} {definition}")
     indexes = {i.name for i in db.get_indexes("budget_spend_counter")}

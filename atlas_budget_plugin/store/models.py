@@ -12,7 +12,8 @@ db_proxy = pw.DatabaseProxy()
 
 #: Bump when the schema changes and add a step to ``store.database.MIGRATIONS``.
 #: 2: every text column compares exactly on MariaDB/MySQL too (``store.migrations``).
-#: 3: policies keep sub-limits and throttle settings (``options_json``); counters have a ``part``.
+#: 3: policies keep sub-limits and throttle settings (``options_json``); counters have a ``part``; scope
+#:    hierarchy links (``budget_scope_link``) and the ancestors each call was attributed to (``lineage_json``).
 SCHEMA_VERSION = 3
 
 #: Binary collations of MariaDB/MySQL, best first. Text must compare exactly (``'acme' != 'ACME'``,
@@ -99,7 +100,7 @@ class PolicyRow(BaseModel):
     thresholds_json = ExactTextField(default="[]")
     rollover_cap_units = pw.BigIntegerField(default=0)
     alternatives_json = ExactTextField(default="[]")
-    options_json = ExactTextField(default="{}")  # sub-limits and throttle settings (schema 3)
+    options_json = ExactTextField(default="{}", constraints=[pw.SQL("DEFAULT '{}'")])  # sub-limits, throttle
     enabled = pw.BooleanField(default=True)
     priority = pw.IntegerField(default=0)
     version = pw.IntegerField(default=1)
@@ -117,7 +118,7 @@ class SpendCounter(BaseModel):
     policy_id = pw.IntegerField()
     #: '' for the policy's own limit; ``provider:<name>`` / ``model:<name>`` for a sub-limit; ``rate`` for the
     #: admissions of one minute of a ``throttle`` policy (money in ``spent_units``, calls in ``carry_units``).
-    part = ExactCharField(max_length=250, default="")
+    part = ExactCharField(max_length=250, default="", constraints=[pw.SQL("DEFAULT ''")])
     window_start = pw.DateTimeField()
     spent_units = pw.BigIntegerField(default=0)
     reserved_units = pw.BigIntegerField(default=0)
@@ -160,6 +161,8 @@ class UsageRow(BaseModel):
     price_source = ExactCharField(max_length=200)
     error = ExactTextField(null=True)
     recorded_at = pw.DateTimeField()
+    #: Tag values the call was attributed to through the scope hierarchy when recorded: {"team": ["red"]}.
+    lineage_json = ExactTextField(default="{}", constraints=[pw.SQL("DEFAULT '{}'")])
 
     class Meta:
         table_name = "budget_usage"
@@ -270,6 +273,19 @@ class AuditEntry(BaseModel):
         table_name = "budget_audit"
 
 
+class ScopeLink(BaseModel):
+    """A scope value that belongs to another (``actor=alice`` -> ``team=red``), per tenant."""
+
+    tenant = ExactCharField(max_length=200)
+    child = ExactCharField(max_length=250)
+    parent = ExactCharField(max_length=250)
+    created_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "budget_scope_link"
+        indexes = ((("tenant", "child", "parent"), True),)
+
+
 ALL_MODELS: list[type[BaseModel]] = [
     SchemaVersion,
     Meta,
@@ -283,4 +299,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     AlertRow,
     DeliveryRow,
     AuditEntry,
+    ScopeLink,
 ]

@@ -110,7 +110,11 @@ class UsageReports:
         for column, value in flt.columns.items():
             query = query.where(getattr(UsageRow, column) == value)
         for key, value in flt.tags.items():
-            query = query.where(_contains(UsageRow.tags_json, f"{json.dumps(key)}: {json.dumps(value)}"))
+            # Its own tag, or a value the call was attributed to through the scope hierarchy.
+            query = query.where(
+                _contains(UsageRow.tags_json, f"{json.dumps(key)}: {json.dumps(value)}")
+                | _contains(UsageRow.lineage_json, json.dumps(value))
+            )
         return query
 
     def _rows(self, tenant: str, spans: Sequence[tuple[datetime, datetime]], flt: Filter, *columns: Any) -> Any:
@@ -119,9 +123,11 @@ class UsageReports:
         if not flt.tags:
             yield from query.select(*columns).tuples().iterator()
             return
-        for *values, tags_json in query.select(*columns, UsageRow.tags_json).tuples().iterator():
+        selected = query.select(*columns, UsageRow.tags_json, UsageRow.lineage_json).tuples().iterator()
+        for *values, tags_json, lineage_json in selected:
             tags = json.loads(tags_json or "{}")
-            if all(tags.get(key) == value for key, value in flt.tags.items()):
+            lineage = json.loads(lineage_json or "{}")
+            if all(tags.get(k) == v or v in lineage.get(k, ()) for k, v in flt.tags.items()):
                 yield tuple(values)
 
     def _spans(self, start: datetime, end: datetime, flt: Filter) -> tuple[tuple[datetime, datetime] | None, list]:

@@ -10,11 +10,12 @@ from typing import Any
 
 import peewee as pw
 
+from ..hierarchy import Hierarchy, Node, node_text, parse_node
 from ..money import from_units, to_units
 from ..types import MAX_ID, Policy, Scope
 from .database import is_sqlite, write_transaction
 from .ledger import aware, naive
-from .models import AuditEntry, Hold, Meta, PolicyRow, SpendCounter, ThresholdMark
+from .models import AuditEntry, Hold, Meta, PolicyRow, ScopeLink, SpendCounter, ThresholdMark
 
 
 def to_policy(row: PolicyRow) -> Policy:
@@ -88,6 +89,7 @@ class PolicyRepository:
     def __init__(self, db: pw.Database) -> None:
         self.db = db
         self._cache: dict[tuple[str, bool], tuple[int, list[Policy]]] = {}
+        self._links: dict[str, tuple[int, float, Hierarchy]] = {}
         self._checked: dict[tuple[str, bool], float] = {}
         self._generation_sql = "SELECT value FROM budget_meta WHERE name = " + ("?" if is_sqlite(db) else "%s")
 
@@ -98,6 +100,68 @@ class PolicyRepository:
     def _bump(self) -> None:
         Meta.update(value=Meta.value + 1).where(Meta.name == "policy_generation").execute()
         self._cache.clear()  # this process sees its own changes at once
+        self._links.clear()
+
+    # -- scope hierarchy (links change the same generation as policies: both decide what a call counts in) --
+
+    def links(self, tenant: str, max_age: float = 0.0) -> Hierarchy:
+        """The tenant's scope links (from the cache while nothing changed)."""
+        cached = self._links.get(tenant)
+        if cached and max_age > 0 and time.monotonic() - cached[1] < max_age:
+            return cached[2]
+        generation = self.generation()
+        if cached and cached[0] == generation:
+            self._links[tenant] = (generation, time.monotonic(), cached[2])
+            return cached[2]
+        hierarchy = self._stored_links(tenant)
+        self._links[tenant] = (generation, time.monotonic(), hierarchy)
+        return hierarchy
+
+    @staticmethod
+    def _stored_links(tenant: str) -> Hierarchy:
+        query = ScopeLink.select(ScopeLink.child, ScopeLink.parent).where(ScopeLink.tenant == tenant)
+        rows: list[tuple[str, str]] = [(row.child, row.parent) for row in query]
+        return Hierarchy.of((parse_node(child), parse_node(parent)) for child, parent in rows)
+
+    def add_link(self, tenant: str, child: Node, parent: Node, actor: str, now: datetime) -> bool:
+        """Store ``child`` -> ``parent`` (checked against the stored links in the same transaction)."""
+        with write_transaction(self.db):
+            current = self._stored_links(tenant)
+            if parent in current.parents.get(child, ()):
+                return False
+            current.check_link(child, parent)
+            ScopeLink.create(tenant=tenant, child=node_text(child), parent=node_text(parent), created_at=naive(now))
+            self._audit_link(tenant, actor, "link", child, parent, now)
+            self._bump()
+            return True
+
+    def remove_link(self, tenant: str, child: Node, parent: Node, actor: str, now: datetime) -> bool:
+        with write_transaction(self.db):
+            removed = (
+                ScopeLink.delete()
+                .where(
+                    (ScopeLink.tenant == tenant)
+                    & (ScopeLink.child == node_text(child))
+                    & (ScopeLink.parent == node_text(parent))
+                )
+                .execute()
+            )
+            if removed:
+                self._audit_link(tenant, actor, "unlink", child, parent, now)
+                self._bump()
+            return bool(removed)
+
+    def _audit_link(self, tenant: str, actor: str, action: str, child: Node, parent: Node, now: datetime) -> None:
+        AuditEntry.create(
+            tenant=tenant,
+            actor=actor,
+            action=action,
+            object_type="scope_link",
+            object_id=f"{node_text(child)} -> {node_text(parent)}"[:200],
+            before_json=None,
+            after_json=json.dumps({"child": node_text(child), "parent": node_text(parent)}),
+            at=naive(now),
+        )
 
     def get(self, tenant: str, policy_id: int) -> Policy | None:
         if not 1 <= policy_id <= MAX_ID:  # no such row can exist, and the driver would overflow on it
