@@ -162,3 +162,26 @@ def call_of(row: UsageRow) -> LLMCall:
     return LLMCall(
         call_id=row.call_id, provider=row.provider, model=row.model, actor=row.actor, tags=json.loads(row.tags_json)
     )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eight_processes_never_exceed_a_throttle_rate(tmp_path: Path, backend: str) -> None:
+    """A throttle admits at most its rate per minute, however many processes ask at once (issue #14)."""
+    url = store_url(backend, tmp_path)
+    config = tmp_path / "budget.toml"
+    config.write_text(
+        '[[policies]]\nname = "slow"\nperiod = "day"\nlimit = "100"\nenforcement = "throttle"\n'
+        "throttle_after = 1\ncalls_per_minute = 25\n"
+    )
+    base = datetime(2026, 3, 10, 12, 0, 10, tzinfo=timezone.utc)
+    services = bootstrap(BudgetSettings.load(config, database_url=url), clock=lambda: base)
+    services.tracking.record_usage(LLMCall(call_id="earlier", provider="openai", model="gpt-4o"), Decimal("2.00"))
+    services.close()  # past 1% of the limit already: every call below is throttled
+    start_at = time.time() + 6
+    # Every worker's clock stands still in one minute, so all 8 x 40 calls compete for the same 25.
+    job = {"clock_base": "2026-03-10T12:00:10+00:00", "start_at": start_at, "frozen": True}
+    results = run_workers(url, config, processes=8, calls=40, exact=True, seed=3, **job)
+    allowed = [r for r in results if "cost" in r]
+    rows, outstanding, _ = recorded(config, url)
+    assert len(allowed) == 25 and len(rows) == 26 and outstanding == 0
+    assert all(r.get("denied_by") == "slow" for r in results if "cost" not in r)

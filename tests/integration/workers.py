@@ -77,4 +77,6 @@ def virtual_clock(job: dict[str, Any]) -> Any:
     """Wall-clock time shifted so that ``start_at`` (a time.time() value) reads as ``clock_base``."""
     base = datetime.fromisoformat(job["clock_base"])
     start = job["start_at"]
+    if job.get("frozen"):
+        return lambda: base
     return lambda: base + timedelta(seconds=time.time() - start)
