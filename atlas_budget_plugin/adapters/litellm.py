@@ -252,6 +252,18 @@ class _Stream:
     def _closed(self) -> BaseException | None:
         return None if self._ended else StreamAbandoned("the stream was closed before it ended")
 
+    def __enter__(self) -> _Stream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> _Stream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     def close(self) -> None:
         try:
             closer = getattr(self._inner, "close", None)
@@ -351,8 +363,23 @@ class BudgetCallback(CustomLogger):
             return None
         extra = self.call_info(kwargs) if self.call_info is not None else {}
         call = _call(kwargs, self.defaults, extra)
-        self.open[call.call_id] = await async_open_call(self.pm, call)  # CallBlocked propagates: nothing sent
+        opened = await async_open_call(self.pm, call)  # CallBlocked propagates: nothing sent
+        self.open[call.call_id] = opened
+        # LiteLLM fires no event for a stream its consumer leaves early; its logging object lives as long as
+        # the stream, so when it is collected with the call still open, the call is settled as abandoned
+        logging_obj = kwargs.get("litellm_logging_obj")
+        if logging_obj is not None:
+            try:
+                weakref.finalize(logging_obj, self._abandoned, call.call_id)
+            except TypeError:  # not weakly referable: the hold expires with reservation_ttl instead
+                pass
         return None
+
+    def _abandoned(self, call_id: str) -> None:
+        opened = self.open.pop(call_id, None)
+        if opened is not None:
+            opened.guard.usage = LLMUsage(billed=True)  # the provider answered; how much is not known
+            _settle_dropped(opened)
 
     def _take(self, kwargs: Mapping[str, Any], response: Any) -> OpenCall | None:
         opened = self.open.pop(str(kwargs.get("litellm_call_id")), None)

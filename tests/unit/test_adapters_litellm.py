@@ -105,11 +105,13 @@ def provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[Provider]:
         return mock(request)
 
     litellm.in_memory_llm_clients_cache.flush_cache()  # LiteLLM keeps SDK clients bound to earlier sessions
+    litellm.logging_callback_manager._reset_all_callbacks()  # and copies of earlier tests' callbacks
     monkeypatch.setattr(litellm, "client_session", httpx.Client(transport=httpx.MockTransport(mock)))
     monkeypatch.setattr(litellm, "aclient_session", httpx.AsyncClient(transport=httpx.MockTransport(answer)))
     monkeypatch.setattr(litellm, "callbacks", [])
     yield mock
     litellm.in_memory_llm_clients_cache.flush_cache()
+    litellm.logging_callback_manager._reset_all_callbacks()
 
 
 @pytest.fixture
@@ -307,3 +309,152 @@ def test_router_denies_before_any_request(
         asyncio.run(router().acompletion(model="smart", messages=MESSAGES, max_tokens=4000))
     assert raised.value.verdict.details
     assert provider.sent == [] and records(services) == [] and services.ledger.outstanding_units() == 0
+
+
+def test_a_callback_stream_left_early_is_settled_when_collected(
+    provider: Provider, pm: Any, budget: BudgetServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+    import time
+
+    monkeypatch.setattr(litellm, "callbacks", [BudgetCallback(pm)])
+
+    async def leave_early() -> None:
+        stream = await litellm.acompletion(
+            model="openai/gpt-4o", messages=MESSAGES, api_key="sk-test", max_tokens=300, stream=True
+        )
+        async for _ in stream:
+            break  # LiteLLM fires neither a success nor a failure event for this call
+
+    asyncio.run(leave_early())
+    gc.collect()
+    for _ in range(500):
+        if records(budget):
+            break
+        time.sleep(0.01)
+    (record,) = records(budget)
+    assert "StreamAbandoned" in (record.error or "") and "billed, but no usage reported" in record.price_source
+    assert record.cost == cost("openai", "gpt-4o", plain_input=4 + 3, output=300)
+    assert budget.ledger.outstanding_units() == 0
+
+
+def test_call_details_and_bad_input(provider: Provider, pm: Any, budget: BudgetServices) -> None:
+    from atlas_budget_plugin.adapters.litellm import usage_of
+
+    assert resolve_model("mycorp/llama-3") == ("mycorp", "llama-3")  # a provider LiteLLM does not know
+    with pytest.raises(ValueError, match=r"unknown LLMCall fields \['user'\]"):
+        budgeted_completion(pm=pm, budget={"user": "x"}, model="openai/gpt-4o", messages=MESSAGES)
+    with pytest.raises(TypeError, match="needs model="):
+        budgeted_completion(pm=pm, messages=MESSAGES)
+    with pytest.raises(TypeError, match="call_info must be a callable"):
+        BudgetCallback(pm, call_info="bob")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="LLMCall.tenant"):
+        BudgetCallback(pm, tenant="")
+    stream = budgeted_completion(
+        pm=pm,
+        budget={"estimated_cost": 0.5, "tags": {"team": "a"}},
+        model="openai/gpt-4o",
+        messages=MESSAGES,
+        api_key="sk-test",
+        stream=True,
+        stream_options={"include_usage": True},
+        service_tier="flex",
+    )
+    assert stream.completion_stream is not None  # LiteLLM's own stream attributes are reachable
+    with stream:
+        next(stream)  # one chunk, then closed: billed, no usage known yet
+    (record,) = records(budget)
+    assert record.tags == {"team": "a", "service_tier": "flex"} and "StreamAbandoned" in (record.error or "")
+    assert provider.sent[0]["stream_options"] == {"include_usage": True}
+    tiered = usage_of({"prompt_tokens": 10, "completion_tokens": 2, "cache_read_input_tokens": 4}, "priority")
+    assert (tiered.input_tokens, tiered.cache_read_tokens, tiered.service_tier) == (10, 4, "priority")
+    assert usage_of({"prompt_tokens": 3, "cache_read_input_tokens": 9}).cache_read_tokens == 3  # never above input
+
+
+def test_a_failed_call_is_released(
+    provider: Provider, pm: Any, budget: BudgetServices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(request: Any) -> Any:
+        provider.sent.append(json.loads(request.content))
+        return httpx.Response(400, json={"error": {"message": "bad request", "type": "invalid_request_error"}})
+
+    async def afailing(request: Any) -> Any:
+        return failing(request)
+
+    monkeypatch.setattr(litellm, "client_session", httpx.Client(transport=httpx.MockTransport(failing)))
+    monkeypatch.setattr(litellm, "aclient_session", httpx.AsyncClient(transport=httpx.MockTransport(afailing)))
+    litellm.in_memory_llm_clients_cache.flush_cache()
+    with pytest.raises(litellm.BadRequestError):
+        budgeted_completion(pm=pm, model="openai/gpt-4o", messages=MESSAGES, api_key="sk-test", max_retries=0)
+    with pytest.raises(litellm.BadRequestError):
+        asyncio.run(
+            budgeted_acompletion(pm=pm, model="openai/gpt-4o", messages=MESSAGES, api_key="sk-test", max_retries=0)
+        )
+    callback = BudgetCallback(pm, call_info=lambda kwargs: {"actor": "carol"})
+    monkeypatch.setattr(litellm, "callbacks", [callback])
+
+    async def through_callback() -> None:
+        with pytest.raises(litellm.BadRequestError):
+            await litellm.acompletion(model="openai/gpt-4o", messages=MESSAGES, api_key="sk-test", max_retries=0)
+        for _ in range(500):
+            if not callback.open:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(through_callback())
+    assert len(provider.sent) == 3 and callback.open == {}
+    assert records(budget) == [] and budget.ledger.outstanding_units() == 0
+
+
+def test_the_callbacks_sync_events_settle_too(pm: Any, budget: BudgetServices) -> None:
+    from hookspecs import LLMCall, open_call
+
+    callback = BudgetCallback(pm)
+    response = litellm.ModelResponse(
+        model="gpt-4o", usage=litellm.Usage(prompt_tokens=1000, completion_tokens=200, total_tokens=1200)
+    )
+    for call_id in ("s1", "s2"):
+        callback.open[call_id] = open_call(pm, LLMCall(call_id=call_id, provider="openai", model="gpt-4o"))
+    callback.log_success_event({"litellm_call_id": "s1", "model": "openai/gpt-4o-mini"}, response, None, None)
+    callback.log_failure_event({"litellm_call_id": "s2", "exception": "timed out"}, None, None, None)
+    callback.log_success_event({"litellm_call_id": "unknown"}, response, None, None)  # not one of ours: ignored
+    (record,) = records(budget)
+    assert record.model == "gpt-4o-mini"  # charged to the model that answered
+    assert record.cost == cost("openai", "gpt-4o-mini", plain_input=1000, output=200)
+    assert callback.open == {} and budget.ledger.outstanding_units() == 0
+
+
+def test_an_async_stream_that_fails_midway_is_settled(pm: Any, budget: BudgetServices) -> None:
+    from atlas_budget_plugin.adapters.litellm import _Stream
+    from hookspecs import LLMCall, open_call
+
+    class Broken:
+        def __init__(self) -> None:
+            self.sent = 0
+
+        def __aiter__(self) -> Broken:
+            return self
+
+        async def __anext__(self) -> Any:
+            self.sent += 1
+            if self.sent > 1:
+                raise ConnectionError("reset")
+            return litellm.ModelResponseStream(model="gpt-4o", choices=[])
+
+        async def aclose(self) -> None:
+            pass
+
+    opened = open_call(
+        pm, LLMCall(call_id="b1", provider="openai", model="gpt-4o", input_tokens=10, max_output_tokens=10)
+    )
+
+    async def read() -> None:
+        stream = _Stream(Broken(), opened)
+        with pytest.raises(ConnectionError):
+            async for _ in stream:
+                pass
+        await stream.aclose()  # already settled: nothing more
+
+    asyncio.run(read())
+    (record,) = records(budget)
+    assert "ConnectionError" in (record.error or "") and budget.ledger.outstanding_units() == 0
