@@ -152,7 +152,7 @@ def _prompt_tokens(*parts: Any) -> int | None:
         if part is None:
             continue
         try:
-            total += approx_tokens(part if isinstance(part, (str, list)) else [part])
+            total += approx_tokens([part] if isinstance(part, Mapping) else part)  # a Gemini systemInstruction
         except TypeError:
             return None
     return total

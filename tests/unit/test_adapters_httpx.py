@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import gzip
+import json
 import time
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -473,3 +474,139 @@ def test_an_open_call_finishes_exactly_once() -> None:
     denier = recorder_host(Recorder(deny=True))
     with pytest.raises(CallBlocked):
         asyncio.run(async_open_call(denier, LLMCall(call_id="o3", provider="openai", model="gpt-5")))
+
+
+def one_call(transport_kwargs: dict[str, Any], url: str, body: Any, answer: httpx.Response | None = None) -> Any:
+    """The call a request makes, and what its post was told."""
+    rec = Recorder()
+
+    def provider(req: httpx.Request) -> httpx.Response:
+        return answer if answer is not None else httpx.Response(200, json={"usage": {"prompt_tokens": 1}})
+
+    transport = BudgetTransport(httpx.MockTransport(provider), recorder_host(rec), **transport_kwargs)
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.Client(transport=transport).post(url, content=content)
+    response.close()
+    return rec
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "expected"),
+    [
+        (
+            "https://api.openai.com/v1/completions",
+            {"model": "gpt-3.5-turbo-instruct", "prompt": "abcd", "max_tokens": 9},
+            ("openai", "gpt-3.5-turbo-instruct", "completion", 1, 9),
+        ),
+        (
+            "https://api.openai.com/v1/embeddings",
+            {"model": "text-embedding-3-small", "input": ["abcd", "efgh"]},
+            ("openai", "text-embedding-3-small", "embedding", 10, 0),
+        ),
+        (
+            "https://api.openai.com/v1/responses",
+            {"model": "gpt-5", "instructions": "abcd", "input": "efgh", "max_output_tokens": 5},
+            ("openai", "gpt-5", "chat", 2, 5),
+        ),
+        (
+            "https://acme.openai.azure.com/openai/deployments/prod-4o/chat/completions?api-version=1",
+            {"messages": [{"role": "user", "content": "abcd"}]},
+            ("azure", "prod-4o", "chat", 5, None),
+        ),
+        (
+            "https://us-central1-aiplatform.googleapis.com/v1/projects/p/locations/l/publishers/google/models/"
+            "gemini-2.5-flash:generateContent",
+            {"contents": [{"parts": [{"text": "abcd"}]}]},
+            ("google", "gemini-2.5-flash", "chat", 5, None),
+        ),
+        (
+            "https://gateway.example/v1/messages",
+            {"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": {"weird": 1}}], "max_tokens": 3},
+            ("anthropic", "claude-haiku-4-5", "chat", 4, 3),
+        ),
+    ],
+    ids=["completions", "embeddings", "responses", "azure", "vertex", "unknown-host"],
+)
+def test_every_endpoint_kind_makes_its_call(url: str, body: Any, expected: tuple[Any, ...]) -> None:
+    (call,) = one_call({}, url, body).calls
+    assert (call.provider, call.model, call.operation, call.input_tokens, call.max_output_tokens) == expected
+
+
+def test_provider_override_and_unreadable_bodies() -> None:
+    (call,) = one_call(
+        {"provider": "groq"},
+        "https://api.groq.com/openai/v1/chat/completions",
+        {"model": "llama-3.3-70b-versatile", "messages": 7},
+    ).calls
+    assert (call.provider, call.input_tokens) == ("groq", None)  # a prompt that is not text: the default count
+    with pytest.raises(ValueError, match="cannot tell the model"):
+        one_call({}, "https://api.openai.com/v1/chat/completions", b"not json")
+    broken = one_call(
+        {},
+        "https://api.openai.com/v1/chat/completions",
+        {"model": "gpt-5"},
+        httpx.Response(200, content=b"{not json", headers={"content-type": "application/json"}),
+    )
+    (_, usage, error) = broken.posts[0]
+    assert usage.billed is True and usage.response is None and error is None  # answered, unreadable: the estimate
+    odd = b'data: {"type": "message_start", "message": {"model": "m", "usage": {"input_tokens": 5}}}\n\ndata: junk'
+    streamed = one_call(
+        {},
+        "https://api.anthropic.com/v1/messages",
+        {"model": "claude-haiku-4-5"},
+        httpx.Response(
+            200,
+            content=odd + b'\n\ndata: [1]\n\ndata: {"type": "message_stop"}',
+            headers={"content-type": "text/event-stream"},
+        ),
+    )
+    (_, usage, error) = streamed.posts[0]
+    assert usage.response["usage"] == {"input_tokens": 5} and error is None  # last event without a blank line
+
+
+def test_a_body_too_large_to_keep_is_billed_at_the_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
+    from atlas_budget_plugin.adapters import transport as module
+
+    monkeypatch.setattr(module, "MAX_JSON_BODY", 10)
+    rec = one_call(
+        {},
+        "https://api.openai.com/v1/chat/completions",
+        {"model": "gpt-5"},
+        httpx.Response(200, json={"usage": {"prompt_tokens": 1000}}),
+    )
+    (_, usage, _) = rec.posts[0]
+    assert usage.billed is True and usage.response is None
+
+
+def test_a_dropped_exchange_settles_on_the_hook_threads() -> None:
+    from atlas_budget_plugin.adapters.transport import _Exchange
+    from hookspecs import open_call
+
+    rec = Recorder()
+    opened = open_call(recorder_host(rec), LLMCall(call_id="d1", provider="openai", model="gpt-5"))
+    exchange = _Exchange(opened, httpx.Response(200, json={}), httpx)
+    exchange.dropped()
+    deadline = time.monotonic() + 5
+    while not rec.posts and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (_, usage, error) = rec.posts[0]
+    assert isinstance(error, StreamAbandoned) and usage.billed is True
+    exchange.dropped()  # already settled: nothing more
+    assert len(rec.posts) == 1
+
+
+def test_the_default_inner_transport_is_the_clients_own() -> None:
+    transport = BudgetTransport(pm=recorder_host(Recorder()))
+    assert isinstance(transport._inner_for(httpx, asynchronous=False), httpx.HTTPTransport)
+    assert isinstance(transport._inner_for(httpx, asynchronous=True), httpx.AsyncHTTPTransport)
+    assert transport._inner_for(httpx, asynchronous=False) is transport._inner_for(httpx, asynchronous=False)
+    with transport:
+        pass
+
+    async def close() -> None:
+        async with transport:
+            pass
+
+    asyncio.run(close())
+    with pytest.raises(TypeError, match="must return a mapping"):
+        one_call({"call_info": lambda req: ["actor"]}, "https://api.openai.com/v1/chat/completions", {"model": "m"})
