@@ -13,8 +13,9 @@ Both go through the host contract (``pre_llm_call`` before the request, exactly 
   ``async_pre_call_deployment_hook``: after a Router has picked its deployment, so the
   hold is for the model that will really answer, and before the request; what it raises
   fails the attempt. It settles in the success and failure events. LiteLLM runs that
-  hook for ``acompletion`` (``Router.acompletion`` included) only: sync calls are budgeted
-  by the wrappers.
+  hook for ``acompletion`` (``Router.acompletion`` included) only: a sync call cannot be
+  checked by a callback, so the callback records it after it ended (tag
+  ``budget_check = "after the call"``) and the wrappers are the way to check one.
 
 LiteLLM model strings (``openai/gpt-4o``, ``anthropic/claude-haiku-4-5``, ``gemini/...``)
 are resolved with LiteLLM's own ``get_llm_provider`` and its provider names mapped to
@@ -37,7 +38,7 @@ import litellm
 import pluggy
 from litellm.integrations.custom_logger import CustomLogger
 
-from hookspecs import LLMCall, LLMUsage, OpenCall, approx_tokens, async_open_call, open_call
+from hookspecs import LLMCall, LLMUsage, OpenCall, approx_tokens, async_open_call, open_call, post_each
 from hookspecs.aio import hook_executor
 
 from .transport import CALL_FIELDS, StreamAbandoned
@@ -354,6 +355,7 @@ class BudgetCallback(CustomLogger):
         self.call_info = call_info
         LLMCall(call_id="check", provider="p", model="m", **{k: v for k, v in self.defaults.items()})
         self.open: dict[str, OpenCall] = {}
+        self._warned = False
 
     async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
         """Check the call after routing, before the request: raising here fails the attempt, unsent."""
@@ -406,6 +408,30 @@ class BudgetCallback(CustomLogger):
         opened = self._take(kwargs, response_obj)
         if opened is not None:
             opened.finish()
+            return
+        self._record_unchecked(kwargs, response_obj)
+
+    def _record_unchecked(self, kwargs: Mapping[str, Any], response: Any) -> None:
+        """A sync call LiteLLM ran no pre-call hook for (``completion``, ``Router.completion``): it could not be
+        checked before it was sent, but what it spent is recorded, so budgets still count it."""
+        params = kwargs.get("litellm_params") or {}
+        metadata = params.get("metadata") if isinstance(params, Mapping) else None
+        metadata = metadata if isinstance(metadata, Mapping) else {}
+        if metadata.get(WRAPPED) or kwargs.get("call_type") not in ("completion", None):
+            return  # the wrappers settle their own calls; other call types are not budgeted
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "BudgetCallback cannot check sync LiteLLM calls before they are sent (LiteLLM runs no hook that "
+                "can stop them); they are recorded after. Use acompletion, or budgeted_completion"
+            )
+        try:
+            extra = self.call_info(kwargs) if self.call_info is not None else {}
+            call = _call({**kwargs, "metadata": metadata}, self.defaults, extra)
+            call = replace(call, tags={**call.tags, "budget_check": "after the call"})
+            post_each(self.pm, call, _usage(response), None)
+        except Exception:  # a logging callback must not break the host's call
+            log.exception("recording sync LiteLLM call %s failed", kwargs.get("litellm_call_id"))
 
     def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         opened = self._take(kwargs, None)

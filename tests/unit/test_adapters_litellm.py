@@ -458,3 +458,23 @@ def test_an_async_stream_that_fails_midway_is_settled(pm: Any, budget: BudgetSer
     asyncio.run(read())
     (record,) = records(budget)
     assert "ConnectionError" in (record.error or "") and budget.ledger.outstanding_units() == 0
+
+
+def test_sync_router_calls_are_recorded_after_the_call(
+    provider: Provider, pm: Any, budget: BudgetServices, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    import time
+
+    monkeypatch.setattr(litellm, "callbacks", [BudgetCallback(pm, actor="dan")])
+    answer = router().completion(model="smart", messages=MESSAGES, max_tokens=300)
+    budgeted_completion(pm=pm, model="openai/gpt-4o", messages=MESSAGES, api_key="sk-test")  # not twice
+    for _ in range(500):  # LiteLLM runs sync success callbacks on a thread after the call returns
+        if len(records(budget)) == 2:
+            break
+        time.sleep(0.01)
+    time.sleep(0.1)
+    wrapped, unchecked = sorted(records(budget), key=lambda r: r.actor or "")
+    assert (unchecked.actor, unchecked.model, unchecked.tags["model_group"]) == ("dan", answer.model, "smart")
+    assert unchecked.tags["budget_check"] == "after the call" and unchecked.cost == openai_cost(answer.model)
+    assert wrapped.actor is None and len(records(budget)) == 2
+    assert "cannot check sync LiteLLM calls" in caplog.text
