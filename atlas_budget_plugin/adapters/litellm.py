@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import replace
 from decimal import Decimal
@@ -61,6 +62,8 @@ PROVIDERS = {
     "text-completion-openai": "openai",
     "azure_ai": "azure",
 }
+#: How many settled call ids the callback remembers, to tell a second event of a settled call from a new call.
+SETTLED_KEPT = 10_000
 #: Marks a request the wrappers already budget, so a registered BudgetCallback does not budget it twice.
 WRAPPED = "atlas_budget_wrapped"
 
@@ -356,6 +359,7 @@ class BudgetCallback(CustomLogger):
         LLMCall(call_id="check", provider="p", model="m", **{k: v for k, v in self.defaults.items()})
         self.open: dict[str, OpenCall] = {}
         self._warned = False
+        self._settled: OrderedDict[str, None] = OrderedDict()
 
     async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any], call_type: Any) -> dict[str, Any] | None:
         """Check the call after routing, before the request: raising here fails the attempt, unsent."""
@@ -384,7 +388,12 @@ class BudgetCallback(CustomLogger):
             _settle_dropped(opened)
 
     def _take(self, kwargs: Mapping[str, Any], response: Any) -> OpenCall | None:
-        opened = self.open.pop(str(kwargs.get("litellm_call_id")), None)
+        call_id = str(kwargs.get("litellm_call_id"))
+        opened = self.open.pop(call_id, None)
+        if opened is not None:  # LiteLLM may fire both the sync and the async event of one call
+            self._settled[call_id] = None
+            while len(self._settled) > SETTLED_KEPT:
+                self._settled.popitem(last=False)
         if opened is not None and response is not None:
             opened.guard.usage = _usage(response)
             model = kwargs.get("model")
@@ -417,6 +426,8 @@ class BudgetCallback(CustomLogger):
         params = kwargs.get("litellm_params") or {}
         metadata = params.get("metadata") if isinstance(params, Mapping) else None
         metadata = metadata if isinstance(metadata, Mapping) else {}
+        if str(kwargs.get("litellm_call_id")) in self._settled:
+            return  # an async call this callback checked, settled by its other event
         if metadata.get(WRAPPED) or kwargs.get("call_type") not in ("completion", None):
             return  # the wrappers settle their own calls; other call types are not budgeted
         if not self._warned:

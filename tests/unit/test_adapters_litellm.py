@@ -417,7 +417,8 @@ def test_the_callbacks_sync_events_settle_too(pm: Any, budget: BudgetServices) -
         callback.open[call_id] = open_call(pm, LLMCall(call_id=call_id, provider="openai", model="gpt-4o"))
     callback.log_success_event({"litellm_call_id": "s1", "model": "openai/gpt-4o-mini"}, response, None, None)
     callback.log_failure_event({"litellm_call_id": "s2", "exception": "timed out"}, None, None, None)
-    callback.log_success_event({"litellm_call_id": "unknown"}, response, None, None)  # not one of ours: ignored
+    callback.log_success_event({"litellm_call_id": "s1", "call_type": "completion"}, response, None, None)  # again
+    callback.log_success_event({"litellm_call_id": "e1", "call_type": "embedding"}, response, None, None)  # not ours
     (record,) = records(budget)
     assert record.model == "gpt-4o-mini"  # charged to the model that answered
     assert record.cost == cost("openai", "gpt-4o-mini", plain_input=1000, output=200)
