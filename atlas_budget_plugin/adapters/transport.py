@@ -141,6 +141,11 @@ def _api_of(path: str) -> tuple[str, str | None] | None:
 _DEFAULT_PROVIDER = {"gemini": "google", "anthropic": "anthropic"}
 
 
+def _budgeted(request: Any) -> bool:
+    """Whether a request is one the transport budgets, told from its method and path alone."""
+    return request.method == "POST" and _api_of(request.url.path) is not None
+
+
 def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
@@ -567,6 +572,8 @@ class BudgetTransport(_TransportBase):
         """Send ``request`` (httpx ``BaseTransport``): checked before, settled when its body has been read."""
         module = _module_of(request)
         inner = self._inner_for(module, asynchronous=False)
+        if not _budgeted(request):  # not read: a file upload streams on untouched
+            return inner.handle_request(request)
         prepared = self._prepare(request, request.read())
         if prepared is None:
             return inner.handle_request(request)
@@ -588,6 +595,8 @@ class BudgetTransport(_TransportBase):
         inner = self._inner_for(module, asynchronous=True)
         if not callable(getattr(inner, "handle_async_request", None)):
             raise TypeError(f"inner transport {inner!r} is not async; pass an AsyncHTTPTransport for an AsyncClient")
+        if not _budgeted(request):
+            return await inner.handle_async_request(request)
         prepared = self._prepare(request, await request.aread())
         if prepared is None:
             return await inner.handle_async_request(request)

@@ -610,3 +610,16 @@ def test_the_default_inner_transport_is_the_clients_own() -> None:
     asyncio.run(close())
     with pytest.raises(TypeError, match="must return a mapping"):
         one_call({"call_info": lambda req: ["actor"]}, "https://api.openai.com/v1/chat/completions", {"model": "m"})
+
+
+def test_an_upload_that_is_not_an_llm_call_streams_on_unread() -> None:
+    seen: list[bool] = []
+
+    class Inner:
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(hasattr(request, "_content"))  # True once someone buffered the body
+            return httpx.Response(200, json={"id": "file-1"})
+
+    transport = BudgetTransport(Inner(), recorder_host(Recorder(deny=True)))
+    upload = httpx.Client(transport=transport).post("https://api.openai.com/v1/files", content=iter([b"a" * 10]))
+    assert upload.json() == {"id": "file-1"} and seen == [False]
