@@ -25,6 +25,7 @@ from .settings import BudgetSettings, PolicySpec, ScopeLinkSpec
 from .store import Ledger, Rate, Reservation, Standing, StoreRangeError, Target, target_for
 from .store.repository import PolicyRepository
 from .types import (
+    CALL_DIMENSIONS,
     Actor,
     BudgetDecision,
     BudgetLimitEvent,
@@ -329,7 +330,8 @@ class BudgetPolicyService:
 
     def matching(self, call: LLMCall, max_age: float = 0.0) -> list[Policy]:
         """Enabled policies of the call's tenant whose scope covers the call, directly or through an ancestor."""
-        policies = self.repository.all(call.tenant, enabled_only=True, max_age=max_age)
+        values = {column: getattr(call, column) for column in CALL_DIMENSIONS}
+        policies = self.repository.candidates(call.tenant, values, max_age=max_age)
         attributed = self.attribution(call)
         return [p for p in policies if covers(p.scope, call, attributed)]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +13,7 @@ import peewee as pw
 
 from ..hierarchy import Hierarchy, Node, node_text, parse_node
 from ..money import from_units, to_units
-from ..types import MAX_ID, Policy, Scope
+from ..types import CALL_DIMENSIONS, MAX_ID, Policy, Scope
 from .database import is_sqlite, write_transaction
 from .ledger import aware, naive
 from .models import AuditEntry, Hold, Meta, PolicyRow, ScopeLink, SpendCounter, ThresholdMark
@@ -74,6 +75,35 @@ OPTIONS: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True)
+class PolicyIndex:
+    """Policies by the first column their scope sets (``general`` when it sets none), with their position."""
+
+    general: list[tuple[int, Policy]]
+    by_column: dict[tuple[str, str], list[tuple[int, Policy]]]
+
+    @classmethod
+    def of(cls, policies: list[Policy]) -> PolicyIndex:
+        general: list[tuple[int, Policy]] = []
+        by_column: dict[tuple[str, str], list[tuple[int, Policy]]] = {}
+        for position, policy in enumerate(policies):
+            column = next((c for c in CALL_DIMENSIONS if getattr(policy.scope, c) is not None), None)
+            if column is None:
+                general.append((position, policy))
+            else:
+                by_column.setdefault((column, getattr(policy.scope, column)), []).append((position, policy))
+        return cls(general, by_column)
+
+    def candidates(self, values: dict[str, str | None]) -> list[Policy]:
+        found = list(self.general)
+        for column in CALL_DIMENSIONS:
+            value = values.get(column)
+            if value is not None:
+                found.extend(self.by_column.get((column, value), ()))
+        found.sort(key=lambda pair: pair[0])
+        return [policy for _, policy in found]
+
+
 def policy_json(policy: Policy | None) -> str | None:
     return None if policy is None else policy.model_dump_json()
 
@@ -90,6 +120,7 @@ class PolicyRepository:
         self.db = db
         self._cache: dict[tuple[str, bool], tuple[int, list[Policy]]] = {}
         self._links: dict[str, tuple[int, float, Hierarchy]] = {}
+        self._indexes: dict[str, tuple[list[Policy], PolicyIndex]] = {}
         self._checked: dict[tuple[str, bool], float] = {}
         self._generation_sql = "SELECT value FROM budget_meta WHERE name = " + ("?" if is_sqlite(db) else "%s")
 
@@ -192,6 +223,21 @@ class PolicyRepository:
         policies = [to_policy(r) for r in query.order_by(PolicyRow.priority.desc(), PolicyRow.id)]
         self._cache[(tenant, enabled_only)] = (generation, policies)
         return list(policies)
+
+    def candidates(self, tenant: str, values: dict[str, str | None], max_age: float = 0.0) -> list[Policy]:
+        """Enabled policies that could cover a call with these column ``values`` (actor, model, ...), in order.
+
+        A policy whose scope sets a column can only cover calls with that exact value, so
+        policies are indexed by one column of their scope: a tenant with a policy per user
+        checks the user's own policy, not all of them.
+        """
+        self.all(tenant, enabled_only=True, max_age=max_age)  # refreshes the cache when a policy changed
+        policies = self._cache[(tenant, True)][1]
+        indexed = self._indexes.get(tenant)
+        if indexed is None or indexed[0] is not policies:
+            indexed = (policies, PolicyIndex.of(policies))
+            self._indexes[tenant] = indexed
+        return indexed[1].candidates(values)
 
     def conflicting(self, policy: Policy) -> Policy | None:
         """Another policy of the tenant with the same name, or the same scope and period."""
