@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -92,8 +93,13 @@ def interleaved(folder: Path, users: int, rounds: int) -> None:
         for _ in range(20):
             fn()
     walls: dict[str, list[float]] = {k: [] for k in runs}
+    order = list(runs.items())
+    shuffle = random.Random(7).shuffle
     for _ in range(rounds):
-        for name, fn in runs.items():
+        # A random order each round: LiteLLM saves its file from a background thread after each update, and
+        # whichever call runs next would otherwise always pay for that thread alone.
+        shuffle(order)
+        for name, fn in order:
             start = time.perf_counter()
             fn()
             walls[name].append(time.perf_counter() - start)
@@ -112,7 +118,14 @@ def _litellm_worker(args: tuple[str, int, int]) -> None:
     import litellm
 
     os.chdir(folder)
-    manager = litellm.BudgetManager(project_name="bench")  # each process loads the shared file once, at start
+    for _ in range(50):  # another process may be half-way through rewriting the file: LiteLLM then fails to load it
+        try:
+            manager = litellm.BudgetManager(project_name="bench")  # loads the shared file once, at start
+            break
+        except ValueError:
+            time.sleep(0.01)
+    else:
+        return
     if not manager.is_valid_user("shared"):
         manager.create_budget(total_budget=1_000_000, user="shared")
     reply = response()
@@ -142,7 +155,10 @@ def four_processes(folder: Path, calls: int = 200) -> None:
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
         pool.map(_litellm_worker, [(str(folder), w, calls) for w in range(4)])
-    kept = Decimal(str(json.loads((folder / "user_cost.json").read_text())["shared"]["current_cost"]))
+    try:
+        kept = Decimal(str(json.loads((folder / "user_cost.json").read_text())["shared"]["current_cost"]))
+    except ValueError:  # the last writers left the file torn
+        kept = Decimal(0)
     url = f"sqlite:///{folder}/shared.db"
     services = bootstrap(BudgetSettings.load(None, database_url=url))
     services.close()
