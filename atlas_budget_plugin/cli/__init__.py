@@ -3,7 +3,8 @@
 ``atlas_budget_plugin.cli:main`` is the console script; importing this package registers every command.
 """
 
-from . import admin, alerts, demo, policies, reports
+from ..atlas_import import import_atlas_command
+from . import admin, alerts, demo, policies, reports, scopes
 from .core import (
     CliError,
     Session,
@@ -27,4 +28,7 @@ __all__ = [
     "mask_value",
     "policies",
     "reports",
+    "scopes",
 ]
+
+main.add_command(import_atlas_command)  # atlas-budget import-atlas, defined with the importer it drives

@@ -42,11 +42,16 @@ def policy() -> None:
 @click.option("--limit", required=True, help='Amount per period, e.g. "20.00".')
 @click.option("--period", default="month", show_default=True)
 @scope_option
-@click.option("--enforcement", type=click.Choice(["block", "soft_block", "warn", "degrade"]))
+@click.option("--enforcement", type=click.Choice(["block", "soft_block", "warn", "degrade", "throttle"]))
 @click.option("--timezone", "tz", type=TIMEZONE, default="UTC", show_default=True)
 @click.option("--thresholds", default="50,80,100", show_default=True, help="Percents, comma separated.")
 @click.option("--rollover-cap", default="0", show_default=True)
 @click.option("--currency", default="USD", show_default=True)
+@click.option("--provider-limit", multiple=True, help="A sub-limit: PROVIDER=AMOUNT (repeatable).")
+@click.option("--model-limit", multiple=True, help="A sub-limit: MODEL=AMOUNT (repeatable).")
+@click.option("--throttle-after", type=click.IntRange(1, 100), help="throttle: from this percent of the limit on.")
+@click.option("--calls-per-minute", type=click.IntRange(1, 1_000_000), help="throttle: calls admitted per minute.")
+@click.option("--spend-per-minute", help='throttle: money admitted per minute, e.g. "0.50".')
 @pass_session
 def policy_add(
     session: Session,
@@ -59,8 +64,21 @@ def policy_add(
     thresholds: str,
     rollover_cap: str,
     currency: str,
+    provider_limit: tuple[str, ...],
+    model_limit: tuple[str, ...],
+    throttle_after: int | None,
+    calls_per_minute: int | None,
+    spend_per_minute: str | None,
 ) -> None:
     """Create a policy."""
+    extra: dict[str, Any] = {
+        "provider_limits": parse_pairs(provider_limit, "--provider-limit"),
+        "model_limits": parse_pairs(model_limit, "--model-limit"),
+        "calls_per_minute": calls_per_minute,
+        "spend_per_minute": spend_per_minute,
+    }
+    if throttle_after is not None:
+        extra["throttle_after"] = throttle_after
     try:
         percents = [int(p) for p in thresholds.split(",") if p.strip()]
     except ValueError:
@@ -77,6 +95,7 @@ def policy_add(
             "thresholds": percents,
             "rollover_cap": rollover_cap,
             "currency": currency,
+            **extra,
         },
     )
     console.print(f"created policy {created.id}: {safe(created.name)}")
