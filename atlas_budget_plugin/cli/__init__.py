@@ -4,7 +4,7 @@
 """
 
 from ..atlas_import import import_atlas_command
-from . import admin, alerts, demo, policies, reports, scopes
+from . import admin, alerts, demo, policies, reports, scopes, ui
 from .core import (
     CliError,
     Session,
@@ -29,6 +29,7 @@ __all__ = [
     "policies",
     "reports",
     "scopes",
+    "ui",
 ]
 
 main.add_command(import_atlas_command)  # atlas-budget import-atlas, defined with the importer it drives

@@ -91,6 +91,16 @@ def explore_commands(database_url: str) -> list[str]:
 @pass_session
 def demo(session: Session, database_url: str | None, seed: int, max_calls: int) -> None:
     """Simulate ATLAS making calls through the host contract until a budget blocks, then report."""
+    database_url = run_demo(session, database_url, seed, max_calls)
+    console.print("\n[bold]Explore the demo's data[/] (the other commands read your own store unless told):")
+    for command in explore_commands(database_url):
+        console.print(f"  {safe(command)}")
+    where = shlex.quote(mask_url(database_url))
+    console.print(f"\n[bold]Or open it in the budget console[/] (ui extra): atlas-budget --database {safe(where)} ui")
+
+
+def run_demo(session: Session, database_url: str | None, seed: int, max_calls: int) -> str:
+    """Fill a demo store (``database_url``, else a fresh demo.db in the user data dir); returns its URL."""
     database_url = database_url or session.database
     if database_url is None:
         path = Path(platformdirs.user_data_dir("atlas")) / "demo.db"
@@ -113,9 +123,7 @@ def demo(session: Session, database_url: str | None, seed: int, max_calls: int) 
     finally:
         plugin.set_services(None)
         services.close()
-    console.print("\n[bold]Explore the demo's data[/] (the other commands read your own store unless told):")
-    for command in explore_commands(database_url):
-        console.print(f"  {safe(command)}")
+    return database_url
 
 
 def _run_demo(pm: Any, services: BudgetServices, rng: random.Random, max_calls: int) -> None:

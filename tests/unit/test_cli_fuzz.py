@@ -20,6 +20,8 @@ from atlas_budget_plugin.export import visible
 from atlas_budget_plugin.types import Actor
 from hookspecs import LLMCall
 
+from ..browser.support import console_server_stubbed  # noqa: F401  (autouse: `ui` must not serve forever here)
+
 #: The names the seeded store holds: markup, an escape sequence, a bidi override.
 BOSS = "[bold red]boss"
 ESCAPED = "evil\x1b[31m\x1b]0;title\x07"
