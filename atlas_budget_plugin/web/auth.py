@@ -29,7 +29,7 @@ SECURITY_HEADERS = {
     "content-security-policy": CONTENT_SECURITY_POLICY,
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
-    "referrer-policy": "no-referrer",  # the login link carries the token: never send it on
+    "referrer-policy": "same-origin",  # the login link carries the token: never send it to another site
     "cache-control": "no-store",
     "cross-origin-opener-policy": "same-origin",
 }

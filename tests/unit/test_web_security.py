@@ -201,7 +201,7 @@ def test_every_answer_carries_the_strict_content_security_policy(
     for answer in (client.get("/"), client.get("/api/v1/policies"), anonymous.get("/login"), client.get("/nope")):
         assert answer.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
         assert answer.headers["x-frame-options"] == "DENY"
-        assert answer.headers["referrer-policy"] == "no-referrer"
+        assert answer.headers["referrer-policy"] == "same-origin"
     assert "'unsafe-inline'" not in CONTENT_SECURITY_POLICY
     cookie = client.get("/login", params={"token": console[1]["admin"]}).headers["set-cookie"].lower()
     assert "httponly" in cookie
