@@ -32,10 +32,12 @@ from .store.models import UsageRow
 from .types import (
     ATLAS_CHANNELS,
     MAX_PRIORITY,
+    MAX_TEXT,
     Actor,
     AlertConfig,
     Enforcement,
     Policy,
+    check_text,
     map_channels,
 )
 
@@ -432,6 +434,14 @@ def import_atlas(
     ``usage=False`` skips the usage history. Idempotent: run it again and it imports nothing new.
     """
     report = ImportReport(dry_run=dry_run)
+    for what, path in (("database", source), ("configuration", config)):
+        if isinstance(path, (str, Path)) and "\x00" in str(path):
+            raise ValidationError(f"the ATLAS {what} path contains a NUL character; give the path of a real file")
+    if tenant is not None:
+        try:
+            check_text(tenant, "tenant", MAX_TEXT, min_length=1)
+        except ValueError as exc:
+            raise ValidationError(f"--into-tenant: {exc}") from None
     tenant = tenant or (actor.tenant if actor else services.settings.tenant)
     acting = actor or Actor.system(tenant)
     services.policies.permissions.require(acting, "budget:admin", acting.tenant)
@@ -681,8 +691,8 @@ def _note_history(atlas: _Atlas, report: ImportReport) -> None:
 
 
 @click.command("import-atlas")
-@click.argument("source", type=click.Path(dir_okay=False))
-@click.option("--atlas-config", "atlas_config", type=click.Path(dir_okay=False), help="ATLAS's config.yaml (or .json).")
+@click.argument("source")  # checked by import_atlas (click.Path would stat a NUL-containing path and crash)
+@click.option("--atlas-config", "atlas_config", help="ATLAS's config.yaml (or .json).")
 @click.option("--into-tenant", "into_tenant", default=None, help="Tenant for data without one (default: settings).")
 @click.option("--no-usage", is_flag=True, help="Import policies and alerts only, not the usage history.")
 @click.option("--dry-run", is_flag=True, help="Report what would be imported; write nothing.")

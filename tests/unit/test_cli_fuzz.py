@@ -196,6 +196,9 @@ BASELINE: dict[tuple[str, ...], list[str]] = {
     ("report", "by"): ["provider"],
     ("report", "summary"): ["--period", "day"],
     ("report", "trend"): ["--periods", "2"],
+    ("scope", "link"): ["actor=fz", "team=fz"],
+    ("scope", "unlink"): ["actor=fz", "team=fz"],
+    ("scope", "lineage"): ["actor=fz"],
 }
 #: Values that would make a run last long however right they are (run --passes 0 loops until interrupted).
 SLOW = {("run", "--passes"): {"0", "1_000", "٣", "1"}, ("demo", "--max-calls"): {"1_000"}}
@@ -266,6 +269,10 @@ def test_every_command_survives_hostile_arguments(
         config = tmp_path / "init.toml"
     if path == ("demo",):
         base = [*base, "--database-url", f"sqlite:///{tmp_path}/demo.db"]
+    if path == ("import-atlas",):
+        from .test_atlas_import import atlas_database
+
+        base = [str(atlas_database(tmp_path / "atlas.db")), "--dry-run"]
     prefix = ["--config", str(config)]
     problems: list[str] = []
     first = runner.invoke(main, [*prefix, *path, *base])
