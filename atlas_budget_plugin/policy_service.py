@@ -328,6 +328,23 @@ class BudgetPolicyService:
         self._targets[key] = (valid_from, valid_until, target)
         return target
 
+    def standings(
+        self, actor: Actor, policy_ids: Iterable[int] | None = None, now: datetime | None = None
+    ) -> list[PolicyStanding]:
+        """Spent, reserved and the effective limit (with rollover) of the actor's policies in their current
+        window, as enforcement sees them (``budget:read``); all the tenant's policies when ``policy_ids`` is None.
+        An id of another tenant is not found."""
+        self.permissions.require(actor, "budget:read")
+        moment = now or self.clock()
+        if policy_ids is None:
+            policies = self.repository.all(actor.tenant)
+        else:
+            policies = [self.get_policy(actor, policy_id) for policy_id in policy_ids]
+        if not policies:
+            return []
+        found = self.ledger.standings([self.target(p, moment) for p in policies])
+        return [self._standing(p, s, 0) for p, s in zip(policies, found, strict=True)]
+
     def matching(self, call: LLMCall, max_age: float = 0.0) -> list[Policy]:
         """Enabled policies of the call's tenant whose scope covers the call, directly or through an ancestor."""
         values = {column: getattr(call, column) for column in CALL_DIMENSIONS}

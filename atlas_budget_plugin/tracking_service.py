@@ -65,8 +65,9 @@ _TICK = timedelta(microseconds=1)
 
 def to_record(row: UsageRow | dict[str, Any]) -> UsageRecord:
     """A stored usage row (model instance or column dict) as the API's UsageRecord."""
-    data = row if isinstance(row, dict) else {c: getattr(row, c) for c in USAGE_COLUMNS}
+    data = row if isinstance(row, dict) else {"id": row.id, **{c: getattr(row, c) for c in USAGE_COLUMNS}}
     return UsageRecord(
+        id=data.get("id"),
         call_id=data["call_id"],
         tenant=data["tenant"],
         actor=data["actor"],
@@ -559,9 +560,19 @@ class BudgetTrackingService:
         filters: dict[str, Any] | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        before: tuple[datetime, int] | None = None,
     ) -> list[UsageRecord]:
-        """The most recent records of the actor's tenant, filtered by column values and ``[since, until)``."""
+        """The most recent records of the actor's tenant, filtered by column values and ``[since, until)``.
+
+        Newest first by ``recorded_at`` (then ``id``), read through the (tenant, recorded_at) index, so the
+        first page of millions of rows costs what the page does. ``before`` = the ``(recorded_at, id)`` of the
+        last record of the previous page gives the next page (keyset pagination: stable while calls arrive).
+        """
         self.permissions.require(actor, "budget:read")
+        if before is not None:
+            if not (isinstance(before, tuple) and len(before) == 2 and isinstance(before[1], int)):
+                raise ValidationError("before must be the (recorded_at, id) of the last record of the previous page")
+            check_moment(before[0], "before")
         check_number(limit, "limit", 1, MAX_LIST_LIMIT)
         for name, moment in (("since", since), ("until", until)):
             if moment is not None:
@@ -583,7 +594,13 @@ class BudgetTrackingService:
             if key not in CALL_DIMENSIONS:
                 raise ValidationError(f"unknown usage filter {key!r}; allowed: {', '.join(CALL_DIMENSIONS)}")
             query = query.where(getattr(UsageRow, key) == value)
-        return [to_record(r) for r in query.order_by(UsageRow.id.desc()).limit(limit)]
+        if before is not None:
+            moment, last_id = naive(before[0]), before[1]
+            query = query.where(
+                (UsageRow.recorded_at < moment) | ((UsageRow.recorded_at == moment) & (UsageRow.id < last_id))
+            )
+        ordered = query.order_by(UsageRow.recorded_at.desc(), UsageRow.id.desc()).limit(limit)
+        return [to_record(r) for r in ordered]
 
     def prune(self, retention_days: int, now: datetime | None = None) -> int:
         """Delete raw usage rows older than ``retention_days`` (0 keeps everything); totals stay exact."""

@@ -547,6 +547,7 @@ class UsageRecord(_Frozen):
     units: dict[str, Decimal] = Field(default_factory=dict)
     error: str | None = None
     recorded_at: datetime
+    id: int | None = None  # the store's row id, for keyset pages (None on a record just written)
 
 
 class UsageSummary(_Frozen):

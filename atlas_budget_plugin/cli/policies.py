@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from typing import Any
 
 import click
 from rich.table import Table
 
-from ..money import from_units
 from .core import (
     ID,
     MAX_ID,
@@ -136,13 +134,11 @@ def policy_show(session: Session, policy_id: int, fmt: str) -> None:
     """Show one policy with its spend in the current window."""
     found = session.services.policies.get_policy(session.actor, policy_id)
     emit(found, fmt, None, found.name, lambda: generic_table(found, found.name))
-    target = session.services.policies.target(found, datetime.now(timezone.utc))
-    (standing,) = session.services.ledger.standings([target])
+    (standing,) = session.services.policies.standings(session.actor, [policy_id])
     if fmt == "table":
         console.print(
-            f"this {safe(found.period)}: spent {money(from_units(standing.spent_units))}, "
-            f"reserved {money(from_units(standing.reserved_units))} of "
-            f"{money(from_units(standing.limit_units))} {safe(found.currency)}"
+            f"this {safe(found.period)}: spent {money(standing.spent)}, reserved {money(standing.reserved)} of "
+            f"{money(standing.limit)} {safe(found.currency)}"
         )
 
 

@@ -268,12 +268,12 @@ class Standing:
 def standing(services: BudgetServices, actor: Actor, policy: Policy) -> Standing:
     """Spend, limit and projection of ``policy`` in its current window, from the tracking service.
 
-    Reserved amounts need ``BudgetPolicyService.standings`` (not there yet): until then ``reserved`` is None.
+    Reserved amounts come from ``BudgetPolicyService.standings``, as enforcement sees them.
     """
     scope = policy.scope
     reserved: Decimal | None = None
     exact = getattr(services.policies, "standings", None)
-    if callable(exact):  # pragma: no cover - the service method the console asks for
+    if callable(exact):
         (found,) = exact(actor, [policy.id])
         reserved = found.reserved
     try:

@@ -383,3 +383,18 @@ def test_actor_values_are_bounded_where_they_enter() -> None:
         Actor(id="a", tenant="t\x00")
     with pytest.raises(pydantic.ValidationError, match="actor id contains a lone surrogate"):
         Actor(id="\udc80")
+
+
+def test_standings_report_what_enforcement_sees(services: BudgetServices, admin: Actor) -> None:
+    from hookspecs import LLMCall
+
+    created = services.policies.create_policy(admin, {"name": "all", "period": "day", "limit": "5.00"})
+    call = LLMCall(call_id="s1", provider="openai", model="gpt-4o", estimated_cost=Decimal("1.25"))
+    assert services.policies.check_budget(call).allowed
+    services.tracking.record_usage(LLMCall(call_id="s2", provider="openai", model="gpt-4o"), Decimal("0.50"))
+    (standing,) = services.policies.standings(admin, [created.id or 0])
+    assert (standing.spent, standing.reserved, standing.limit) == (Decimal("0.50"), Decimal("1.25"), Decimal("5.00"))
+    assert [s.policy_name for s in services.policies.standings(admin)] == ["all"]
+    other = Actor(id="x", tenant="other", roles=frozenset({"budget:read"}))
+    with pytest.raises(NotFoundError):
+        services.policies.standings(other, [created.id or 0])

@@ -160,3 +160,24 @@ def test_trend_buckets_and_boundaries(services: BudgetServices, admin: Actor, cl
         services.tracking.get_spend_trend(None, 0, actor=admin)
     with pytest.raises(ValidationError):
         services.tracking.get_spend_trend(None, 3, granularity="decade", actor=admin)
+
+
+def test_list_usage_pages_by_keyset_newest_first(services: BudgetServices, admin: Actor, clock: FakeClock) -> None:
+    start = clock.now
+    for i in range(7):
+        services.tracking.record_usage(call(f"k{i}"), Decimal("0.01"), recorded_at=start + timedelta(minutes=i % 3))
+    pages, before = [], None
+    while True:
+        page = services.tracking.list_usage(admin, limit=3, before=before)
+        if not page:
+            break
+        pages.append([r.call_id for r in page])
+        last = page[-1]
+        assert last.id is not None
+        before = (last.recorded_at, last.id)
+    seen = [c for p in pages for c in p]
+    assert sorted(seen) == sorted(f"k{i}" for i in range(7)) and len(seen) == 7  # each once
+    times = [r.recorded_at for r in services.tracking.list_usage(admin, limit=7)]
+    assert times == sorted(times, reverse=True)
+    with pytest.raises(ValidationError, match="before must be"):
+        services.tracking.list_usage(admin, before=("yesterday", 3))  # type: ignore[arg-type]
