@@ -274,6 +274,12 @@ def list_triggered(
     return alerts_in_state(services, actor, state, limit)
 
 
+@router.post("/alerts/{alert_id}/resolve", response_model=Alert, responses=ERRORS, tags=["alerts"])
+def resolve(actor: SignedIn, services: Services, alert_id: int) -> Alert:
+    """Close a triggered alert by hand (``budget:write``); audited, and it does not fire again this window."""
+    return services.alerts.resolve_alert(actor, alert_id)
+
+
 @router.post("/alerts/{alert_id}/acknowledge", response_model=Alert, responses=ERRORS, tags=["alerts"])
 def acknowledge(actor: SignedIn, services: Services, alert_id: int) -> Alert:
     """Mark a triggered alert as seen (``budget:write``)."""

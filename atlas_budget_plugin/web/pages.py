@@ -465,6 +465,15 @@ async def acknowledge(request: Request, actor: SignedIn, services: Services, ale
     return done(request, f"Acknowledged alert {acked.id} ({acked.policy}).", "/alerts")
 
 
+@router.post("/alerts/{alert_id}/resolve", include_in_schema=False)
+async def resolve(request: Request, actor: SignedIn, services: Services, alert_id: int) -> Response:
+    try:
+        resolved = await run_in_threadpool(services.alerts.resolve_alert, actor, alert_id)
+    except BudgetError as exc:
+        return alerts_page(request, actor, services, status_of(exc), error=str(exc))
+    return done(request, f"Resolved alert {resolved.id} ({resolved.policy}).", "/alerts")
+
+
 @router.post("/alerts/configs", include_in_schema=False)
 async def add_alert(request: Request, actor: SignedIn, services: Services) -> Response:
     form = await form_of(request)

@@ -240,6 +240,10 @@ def test_triggered_alerts_acknowledge_and_deliveries(api: TestClient, services: 
     assert len(api.get("/api/v1/alerts", params={"state": "all"}).json()) == 1
     assert api.get("/api/v1/alerts", params={"state": "weird"}).status_code == 400
     assert api.post("/api/v1/alerts/987654/acknowledge").status_code == 404
+    resolved = api.post(f"/api/v1/alerts/{alert_id}/resolve")
+    assert resolved.status_code == 200 and resolved.json()["resolved_at"] is not None
+    assert services.alerts.get_alert(ADMIN, alert_id).resolved_at is not None
+    assert api.post("/api/v1/alerts/987654/resolve").status_code == 404
     assert api.get("/api/v1/alerts/deliveries").json() == as_json(services.alerts.list_deliveries(ADMIN))
     assert api.get("/api/v1/alerts/deliveries", params={"status": "all"}).json() == as_json(
         services.alerts.deliveries(ADMIN)
