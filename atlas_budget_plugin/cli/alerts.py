@@ -143,6 +143,24 @@ def alert_ack(session: Session, alert_id: int) -> None:
     console.print(f"acknowledged alert {acked.id} ({safe(acked.policy)})")
 
 
+@alert.command("resolve")
+@click.argument("alert_id", type=ID, required=False)
+@click.option("--policy", "policy_name", default=None, help="Resolve every active alert of this policy instead.")
+@pass_session
+def alert_resolve(session: Session, alert_id: int | None, policy_name: str | None) -> None:
+    """Close a triggered alert by hand (or all of one policy's): audited; it does not fire again this window."""
+    if (alert_id is None) == (policy_name is None):
+        raise click.UsageError("give an ALERT_ID or --policy NAME (one of them)")
+    if alert_id is not None:
+        done = [session.services.alerts.resolve_alert(session.actor, alert_id)]
+    else:
+        done = session.services.alerts.resolve_policy_alerts(session.actor, policy_name or "")
+    for alert_ in done:
+        console.print(f"resolved alert {alert_.id} ({safe(alert_.policy)})")
+    if not done:
+        console.print("no active alert to resolve")
+
+
 @alert.command("snooze")
 @click.argument("alert_id", type=ID)
 @click.option("--hours", type=HoursType(MAX_SNOOZE_HOURS), default=None, help="Snooze for this many hours.")

@@ -193,6 +193,7 @@ BASELINE: dict[tuple[str, ...], list[str]] = {
     ("alert", "ack"): ["1"],
     ("alert", "snooze"): ["1", "--hours", "1"],
     ("alert", "remove"): ["1"],
+    ("alert", "resolve"): ["1"],
     ("report", "by"): ["provider"],
     ("report", "summary"): ["--period", "day"],
     ("report", "trend"): ["--periods", "2"],

@@ -68,3 +68,20 @@ def test_import_atlas_through_the_main_command(config: Path, tmp_path: Path) -> 
     assert done.exit_code == again.exit_code == 0 and "imported 0" in again.output
     missing = cli(config, "import-atlas", str(tmp_path / "nowhere.db"))
     assert missing.exit_code == 2 and "atlas-budget: error:" in missing.output
+
+
+def test_alert_resolve(config: Path) -> None:
+    from hookspecs import LLMCall
+
+    services = bootstrap(BudgetSettings.load(config))
+    admin = services.settings.actor_for()
+    services.policies.create_policy(admin, {"name": "all", "period": "day", "limit": "1.00"})
+    services.alerts.configure_alert(admin, {"policy": "all", "threshold": 50, "sinks": ["log"]})
+    services.tracking.record_usage(LLMCall(call_id="a", provider="openai", model="gpt-4o"), Decimal("0.80"))
+    (alert,) = services.alerts.evaluate_alerts()
+    services.close()
+    assert cli(config, "alert", "resolve").exit_code == 2  # an id or --policy is needed
+    done = cli(config, "alert", "resolve", str(alert.id))
+    assert done.exit_code == 0 and f"resolved alert {alert.id} (all)" in done.output
+    assert "no active alert" in cli(config, "alert", "resolve", "--policy", "all").output
+    assert cli(config, "alert", "resolve", "99999").exit_code == 2
