@@ -34,6 +34,8 @@ def parse_node(text: str, role: str = "scope value") -> Node:
         key = key[4:]
         if not key:
             raise ValidationError(f"{role} {text!r} needs a tag name, e.g. tag.agent=planner")
+        if key in CALL_DIMENSIONS:
+            raise ValidationError(f"{role} {text!r}: {key!r} is a call field, not a tag; write {key}=... instead")
     elif key not in SCOPE_KEYS:
         raise ValidationError(f"{role} {text!r}: unknown key {key!r}; allowed: {', '.join(SCOPE_KEYS)}, tag.<name>")
     if len(value) > 200 or "\x00" in value:
@@ -53,7 +55,8 @@ def is_tag_like(node: Node) -> bool:
 def call_nodes(call: LLMCall) -> list[Node]:
     """The scope values a call names itself."""
     found = [(key, getattr(call, key)) for key in CALL_DIMENSIONS if getattr(call, key) is not None]
-    return found + sorted(call.tags.items())
+    # A tag named like a call field (a tag "actor") is not that field: it takes no part in the hierarchy.
+    return found + sorted((k, v) for k, v in call.tags.items() if k not in CALL_DIMENSIONS)
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ class Hierarchy:
         paths: list[list[Node]] = []
 
         def walk(path: list[Node]) -> None:
-            above = sorted(self.parents.get(path[-1], ()))
+            # Links are checked for cycles when made; the guard keeps a corrupted store from recursing for ever.
+            above = sorted(p for p in self.parents.get(path[-1], ()) if p not in path)
             if not above:
                 paths.append(path)
             for parent in above:

@@ -213,8 +213,9 @@ class BudgetPolicyService:
 
     def _rebuild_counters(self, policy: Policy) -> None:
         """Start the policy's counters from the spend already recorded in its scope and window."""
+        parts = [f"provider:{p}" for p in policy.provider_limits] + [f"model:{m}" for m in policy.model_limits]
         self.ledger.reset_policy(
-            policy.id or 0, lambda moment, part: self.part_target(policy, moment, part), self.clock()
+            policy.id or 0, lambda moment, part: self.part_target(policy, moment, part), self.clock(), parts
         )
 
     def get_policy(self, actor: Actor, policy_id: int) -> Policy:
@@ -450,7 +451,11 @@ class BudgetPolicyService:
         if standing.fits or standing.enforcement == "warn":
             return False
         if standing.enforcement == "soft_block":
-            return call.tags.get(OVERRIDE_TAG) not in (standing.policy_name, "*")
+            # A sub-limit's standing is named "policy [model=...]": the policy's own name overrides it too.
+            names = {standing.policy_name, "*"}
+            if standing.policy_name.endswith("]"):
+                names.add(standing.policy_name.rsplit(" [", 1)[0])
+            return call.tags.get(OVERRIDE_TAG) not in names
         return True
 
     def check_budget(self, operation: LLMCall, estimated_cost: Decimal | None = None) -> BudgetDecision:

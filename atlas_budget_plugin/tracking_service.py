@@ -219,14 +219,7 @@ class BudgetTrackingService:
                 log.critical("budget store unreachable (%s): usage of call %s NOT recorded", exc, call.call_id)
                 return None
             try:
-                self.spool.append(
-                    {
-                        "call": {k: (str(v) if isinstance(v, Decimal) else v) for k, v in asdict(call).items()},
-                        "cost": str(cost),
-                        "metadata": {**metadata, "units": {k: str(v) for k, v in metadata.get("units", {}).items()}},
-                        "recorded_at": now.isoformat(),
-                    }
-                )
+                self._spool(call, cost, metadata, now)
             except Exception as spool_exc:
                 log.critical(
                     "budget store unreachable (%s) and the spool %s cannot be written (%s): usage of call %s "
@@ -245,6 +238,27 @@ class BudgetTrackingService:
         except (StoreRangeError, ValidationError) as exc:
             log.critical("usage of call %s (cost %s) cannot be recorded: %s; its hold stays", call.call_id, cost, exc)
             return None
+        except Exception as exc:  # a bug must never drop a billed call: keep it for the replay
+            log.critical("recording call %s failed unexpectedly (%r); spooling it", call.call_id, exc, exc_info=True)
+            if self.spool is not None:
+                try:
+                    self._spool(call, cost, metadata, now)
+                except Exception:
+                    log.critical(
+                        "the spool cannot be written either: call %s (cost %s) NOT recorded", call.call_id, cost
+                    )
+            return None
+
+    def _spool(self, call: LLMCall, cost: Decimal, metadata: dict[str, Any], now: datetime) -> None:
+        assert self.spool is not None
+        self.spool.append(
+            {
+                "call": {k: (str(v) if isinstance(v, Decimal) else v) for k, v in asdict(call).items()},
+                "cost": str(cost),
+                "metadata": {**metadata, "units": {k: str(v) for k, v in metadata.get("units", {}).items()}},
+                "recorded_at": now.isoformat(),
+            }
+        )
 
     def replay_spool(self) -> int:
         """Record what was spooled while the store was down (idempotent); returns how many were recorded."""
@@ -300,8 +314,11 @@ class BudgetTrackingService:
             "price_source": metadata["price_source"],
             "error": metadata["error"],
             "recorded_at": naive(now),
-            # The ancestors the call belongs to now, kept with it so reports and counters agree later.
-            "lineage_json": json.dumps({k: sorted(v) for k, v in self.attribution(call).items()}, sort_keys=True),
+            # The ancestors the call belongs to, kept with it so reports and counters agree later: worked out
+            # inside the settling transaction, right after the policies it is charged to.
+            "lineage_json": lambda: json.dumps(
+                {k: sorted(v) for k, v in self.attribution(call).items()}, sort_keys=True
+            ),
         }
         settled = self.ledger.settle(call.call_id, to_units(amount), row, lambda moment: self.targets(call, moment))
         record = to_record(settled.row)
@@ -316,6 +333,8 @@ class BudgetTrackingService:
             return
         policies = {p.id: p for p in self.policies(call.tenant)}
         for standing in standings:
+            if standing.target.part:  # a sub-limit is not the policy: its thresholds are the policy's own
+                continue
             policy = policies.get(standing.target.policy_id)
             if policy is None or not standing.limit_units:
                 continue

@@ -392,12 +392,18 @@ class Ledger:
             if extra:
                 rows.update(self._lock_ids(extra))
             return {pid: r[0] for pid, r in read.items()}, rows
-        found = self._find_counters(targets) if targets else {}
-        missing = [t for t in targets if t.ident not in found]
-        if missing:
-            self._create_counters(missing)
-            found = self._find_counters(targets)
-        return found, self._lock_ids([*found.values(), *also_lock])
+        for _ in range(5):
+            found = self._find_counters(targets) if targets else {}
+            missing = [t for t in targets if t.ident not in found]
+            if missing:
+                self._create_counters(missing)
+                found = self._find_counters(targets)
+            rows = self._lock_ids([*found.values(), *also_lock])
+            # The ids were found without a lock: a policy change that committed while we waited for the
+            # lock may have dropped those counters. Then look again (and create them anew).
+            if all(counter_id in rows for counter_id in found.values()):
+                return found, rows
+        raise pw.OperationalError("counters kept changing under a concurrent policy change; try again")
 
     def _standings(
         self, targets: Sequence[Target], ids: dict[Ident, int], rows: dict[int, tuple[int, int, int]]
@@ -649,7 +655,8 @@ class Ledger:
                     deltas[counter_id] = (reserved, spent + cost_units)
             self._apply(deltas)
             self._delete_holds(holds)
-            stored = {**row, "recorded_at": naive(moment)}
+            lineage = row.get("lineage_json", "{}")
+            stored = {**row, "recorded_at": naive(moment), "lineage_json": lineage() if callable(lineage) else lineage}
             values = [stored[c] for c in USAGE_COLUMNS]
             values[USAGE_COLUMNS.index("recorded_at")] = self._dt(moment)
             self._sql(
@@ -743,7 +750,13 @@ class Ledger:
 
         return run_in_transaction(self.db, work)
 
-    def reset_policy(self, policy_id: int, target_at: Callable[[datetime, str], Target | None], now: datetime) -> None:
+    def reset_policy(
+        self,
+        policy_id: int,
+        target_at: Callable[[datetime, str], Target | None],
+        now: datetime,
+        sub_parts: Sequence[str] = (),
+    ) -> None:
         """Rebuild a policy's counters after its scope, period, timezone or sub-limits changed.
 
         The old counters counted other calls, so they are dropped; the counter of
@@ -757,14 +770,22 @@ class Ledger:
         def work() -> None:
             holds = self._holds("policy_id = ?", (policy_id,))
             parts = dict(self._sql(f"SELECT id, part FROM {_COUNTER} WHERE policy_id = ?", (policy_id,)).fetchall())
-            self._sql(f"DELETE FROM {_COUNTER} WHERE policy_id = ?", (policy_id,))
+            # A throttle's minute counts ('rate') are admissions, not spend: they stay, or a change of the
+            # policy would reset its rate in the middle of a minute.
+            self._sql(f"DELETE FROM {_COUNTER} WHERE policy_id = ? AND part <> 'rate'", (policy_id,))
             current = target_at(now, "")
             assert current is not None
             wanted: dict[tuple[str, datetime], Target] = {("", current.key): current}
-            if current.period.is_rolling and current.scope is not None and current.tenant is not None:
+            if current.period.is_rolling and current.tenant is not None:
                 # Only the hours that have recorded spend get a counter: a 30-day window is 720 hours.
-                for hour in self._hours_with_spend(current.tenant, current.scope, current.window_start, current.key):
-                    wanted.setdefault(("", hour), replace(current, counter_start=hour))
+                # The sub-limits' own counters cover the same window, each under its narrower scope.
+                for part in ["", *sub_parts]:
+                    target = target_at(now, part)
+                    if target is None or target.scope is None:
+                        continue
+                    spent_hours = self._hours_with_spend(current.tenant, target.scope, target.window_start, target.key)
+                    for hour in spent_hours:
+                        wanted.setdefault((part, hour), replace(target, counter_start=hour))
             by_hold: dict[int, Target] = {}
             for hold in holds:
                 part = parts.get(hold.counter_id, "")

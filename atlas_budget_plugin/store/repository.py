@@ -130,7 +130,12 @@ class PolicyRepository:
 
     def _bump(self) -> None:
         Meta.update(value=Meta.value + 1).where(Meta.name == "policy_generation").execute()
-        self._cache.clear()  # this process sees its own changes at once
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop what this process cached: it sees its own changes at once. Called after a write too, since
+        checks inside the writing transaction may have cached the state before it under the new generation."""
+        self._cache.clear()
         self._links.clear()
 
     # -- scope hierarchy (links change the same generation as policies: both decide what a call counts in) --
@@ -157,17 +162,19 @@ class PolicyRepository:
     def add_link(self, tenant: str, child: Node, parent: Node, actor: str, now: datetime) -> bool:
         """Store ``child`` -> ``parent`` (checked against the stored links in the same transaction)."""
         with write_transaction(self.db):
+            self._bump()  # first: the generation row's lock makes concurrent policy writers take turns
             current = self._stored_links(tenant)
             if parent in current.parents.get(child, ()):
                 return False
             current.check_link(child, parent)
             ScopeLink.create(tenant=tenant, child=node_text(child), parent=node_text(parent), created_at=naive(now))
             self._audit_link(tenant, actor, "link", child, parent, now)
-            self._bump()
+            self._forget()
             return True
 
     def remove_link(self, tenant: str, child: Node, parent: Node, actor: str, now: datetime) -> bool:
         with write_transaction(self.db):
+            self._bump()  # first: the generation row's lock makes concurrent policy writers take turns
             removed = (
                 ScopeLink.delete()
                 .where(
@@ -179,7 +186,7 @@ class PolicyRepository:
             )
             if removed:
                 self._audit_link(tenant, actor, "unlink", child, parent, now)
-                self._bump()
+            self._forget()
             return bool(removed)
 
     def _audit_link(self, tenant: str, actor: str, action: str, child: Node, parent: Node, now: datetime) -> None:
@@ -270,13 +277,14 @@ class PolicyRepository:
     def add(self, policy: Policy, actor: str, now: datetime, check: Callable[[], None] = lambda: None) -> Policy:
         """Insert ``policy``; ``check`` runs first in the same transaction (and may raise)."""
         with write_transaction(self.db):
+            self._bump()  # first: the generation row's lock makes concurrent policy writers take turns
             check()
             row_id = PolicyRow.insert(
                 **_columns(policy), version=1, created_at=naive(now), updated_at=naive(now)
             ).execute()
             stored = to_policy(PolicyRow.get_by_id(row_id))
             self._audit(actor, "create", None, stored, now)
-            self._bump()
+            self._forget()
             return stored
 
     def replace(
@@ -284,6 +292,7 @@ class PolicyRepository:
     ) -> Policy | None:
         """Write ``after`` if the stored version is still ``before.version``; None when it changed."""
         with write_transaction(self.db):
+            self._bump()  # first: the generation row's lock makes concurrent policy writers take turns
             check()
             changed = (
                 PolicyRow.update(**_columns(after), version=before.version + 1, updated_at=naive(now))
@@ -298,17 +307,18 @@ class PolicyRepository:
                 return None
             stored = to_policy(PolicyRow.get_by_id(before.id))
             self._audit(actor, "update", before, stored, now)
-            self._bump()
+            self._forget()
             return stored
 
     def remove(self, policy: Policy, actor: str, now: datetime) -> None:
         with write_transaction(self.db):
+            self._bump()  # first: the generation row's lock makes concurrent policy writers take turns
             PolicyRow.delete().where(PolicyRow.id == policy.id).execute()
             SpendCounter.delete().where(SpendCounter.policy_id == policy.id).execute()
             Hold.delete().where(Hold.policy_id == policy.id).execute()
             ThresholdMark.delete().where(ThresholdMark.policy_id == policy.id).execute()
             self._audit(actor, "delete", policy, None, now)
-            self._bump()
+            self._forget()
 
     def audit_trail(self, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
         query = AuditEntry.select().where(AuditEntry.tenant == tenant).order_by(AuditEntry.id.desc()).limit(limit)

@@ -124,3 +124,18 @@ def test_random_dags_attribute_to_the_closure_and_refuse_cycles(
         assert services.policies.ancestors(admin, NAMES[node]) == expected
         attributed = services.policies.attribution(call("x", tags={"team": f"t{node}"}))
         assert sorted(f"team={v}" for v in attributed.get("team", ())) == expected
+
+
+def test_a_tag_named_like_a_call_field_is_not_that_field(services: BudgetServices, admin: Actor) -> None:
+    services.policies.link_scope(admin, "actor=alice", "team=red")
+    bob = call("b", actor="bob", tags={"actor": "alice"})
+    assert services.policies.attribution(bob) == {}
+    with pytest.raises(ValidationError, match="call field, not a tag"):
+        services.policies.link_scope(admin, "tag.actor=alice", "team=red")
+
+
+def test_lineage_terminates_even_on_a_cycle_in_the_store() -> None:
+    from atlas_budget_plugin.hierarchy import Hierarchy
+
+    looped = Hierarchy.of([(("team", "a"), ("team", "b")), (("team", "b"), ("team", "a"))])
+    assert looped.lineage(("team", "a")) == [[("team", "a"), ("team", "b")]]

@@ -199,3 +199,47 @@ def test_an_override_wins_over_the_shipped_price(make_services: Any) -> None:
 def test_a_size_the_file_does_not_price_is_not_guessed(services: BudgetServices) -> None:
     record = services.tracking.record_call(call("m", "0.50", model="dall-e-3"), LLMUsage(units={"image:64x64:hd": 1}))
     assert record is not None and record.cost == Decimal("0.50") and "cannot price" in record.price_source
+
+
+# -- found by an adversarial review -----------------------------------------------------------------
+
+
+def test_a_new_rolling_policy_counts_earlier_spend_in_its_sub_limits(
+    services: BudgetServices, admin: Actor, clock: FakeClock
+) -> None:
+    services.tracking.record_usage(call("old", None), Decimal("0.90"))
+    clock.advance(hours=2)
+    services.policies.create_policy(admin, policy("r", "5.00", "rolling:24h", model_limits={"gpt-4o": "1.00"}))
+    decision = services.policies.check_budget(call("new", "0.50"))
+    assert not decision.allowed and "'r [model=gpt-4o]'" in decision.reason and "spent 0.90" in decision.reason
+
+
+def test_a_sub_limit_crossing_is_not_the_policys_threshold(services: BudgetServices, admin: Actor) -> None:
+    from atlas_budget_plugin.types import BudgetThresholdEvent
+
+    seen: list[BudgetThresholdEvent] = []
+    services.bus.subscribe("budget.threshold_reached", seen.append)
+    services.policies.create_policy(admin, policy("team", "100", thresholds=[80], model_limits={"gpt-4o": "1.00"}))
+    services.tracking.record_usage(call("a", None), Decimal("0.90"))
+    assert seen == []  # 90% of the sub-limit is 0.9% of the policy
+    services.tracking.record_usage(call("b", None, model="gpt-4o-mini"), Decimal("85"))
+    assert [(e.policy_name, e.threshold) for e in seen] == [("team", 80)]
+
+
+def test_a_policy_change_keeps_the_throttles_count_for_the_minute(
+    services: BudgetServices, admin: Actor, clock: FakeClock
+) -> None:
+    created = services.policies.create_policy(
+        admin, policy("t", "10.00", enforcement="throttle", throttle_after=1, calls_per_minute=2)
+    )
+    assert [services.policies.check_budget(call(f"c{i}", "0.50")).allowed for i in range(3)] == [True, True, False]
+    services.policies.update_policy(admin, created.id or 0, {"provider_limits": {"openai": "9.00"}})
+    assert not services.policies.check_budget(call("c3", "0.50")).allowed
+
+
+def test_a_soft_block_override_passes_the_policys_own_sub_limits(services: BudgetServices, admin: Actor) -> None:
+    services.policies.create_policy(
+        admin, policy("sb", "10.00", enforcement="soft_block", model_limits={"gpt-4o": "0.10"})
+    )
+    assert not services.policies.check_budget(call("no", "0.50")).allowed
+    assert services.policies.check_budget(call("yes", "0.50", tags={"budget_override": "sb"})).allowed
