@@ -71,6 +71,7 @@ def seed(path: Path, rows: int) -> None:
                 "seed",
                 None,
                 str(at.replace(tzinfo=None)),
+                "{}",  # lineage_json: no scope hierarchy in the benchmark
             )
         )
         if len(batch) == 50_000:
