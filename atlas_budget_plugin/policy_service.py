@@ -34,6 +34,7 @@ from .types import (
     Policy,
     PolicyStanding,
     Scope,
+    check_call,
     is_store_id,
     policy_filters,
     scope_arg,
@@ -48,50 +49,13 @@ OVERRIDE_TAG = "budget_override"
 #: Policy fields that decide which calls and which window a counter counts: changing one rebuilds them.
 _COUNTED_FIELDS = ("scope", "period", "timezone", "enabled", "tenant", "provider_limits", "model_limits")
 
-#: Longest text the store keeps for each call field (the usage table's columns).
-CALL_FIELD_LIMITS = {
-    "call_id": 200,
-    "tenant": 200,
-    "actor": 200,
-    "provider": 100,
-    "model": 200,
-    "operation": 50,
-    "category": 100,
-}
-#: Largest token count one call may report; sums of many must stay exact in 64-bit columns.
-MAX_TOKENS = 10**12
-
 
 def unstorable(call: LLMCall) -> str | None:
     """Why the store could not record ``call``, or None: checked before any money is spent on it."""
-    for name, longest in CALL_FIELD_LIMITS.items():
-        value = getattr(call, name)
-        if value is None:
-            continue
-        if len(value) > longest:
-            return f"LLMCall.{name} is {len(value)} characters long; at most {longest} can be recorded"
-        problem = _bad_text(value)
-        if problem:
-            return f"LLMCall.{name} {problem}"
-    for key, value in call.tags.items():
-        for text in (key, value):
-            problem = _bad_text(text)
-            if problem:
-                return f"LLMCall.tags[{key!r}] {problem}"
-    for name in ("input_tokens", "max_output_tokens"):
-        value = getattr(call, name)
-        if value is not None and value > MAX_TOKENS:
-            return f"LLMCall.{name} = {value} is more than the {MAX_TOKENS:,} tokens one call can be recorded with"
-    return None
-
-
-def _bad_text(value: str) -> str | None:
-    if "\x00" in value:
-        return "contains a NUL character, which PostgreSQL cannot store; remove it"
     try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "contains a lone surrogate, which is not valid text; pass valid UTF-8 text"
+        check_call(call)
+    except ValidationError as exc:
+        return str(exc)
     return None
 
 

@@ -18,7 +18,6 @@ from .exceptions import ValidationError
 from .money import from_units, quantize, tidy, to_units
 from .periods import Period, parse_period, previous_window, window
 from .permissions import BudgetPermissionChecker
-from .policy_service import MAX_TOKENS
 from .pricing import Pricer
 from .store import Ledger, Standing, StoreRangeError, Target, aware, naive, target_for
 from .store.database import STORE_ERRORS, reset_connection
@@ -29,6 +28,7 @@ from .store.spool import Spool
 from .types import (
     CALL_DIMENSIONS,
     CALL_FIELD_LENGTHS,
+    MAX_COUNT,
     MAX_LIST_LIMIT,
     MAX_TREND_PERIODS,
     TAG_DIMENSIONS,
@@ -175,8 +175,8 @@ class BudgetTrackingService:
     def _metadata(usage: LLMUsage, source: str, error: BaseException | None) -> dict[str, Any]:
         metadata: dict[str, Any] = {name: getattr(usage, name) for name in TOKEN_FIELDS}
         for name in TOKEN_FIELDS:
-            if metadata[name] > MAX_TOKENS:
-                raise ValidationError(f"{name} = {metadata[name]} is more than the {MAX_TOKENS:,} one call may record")
+            if metadata[name] > MAX_COUNT:
+                raise ValidationError(f"{name} = {metadata[name]} is more than the {MAX_COUNT:,} one call may record")
         metadata["price_source"] = source[:200]
         if usage.units:
             metadata["units"] = dict(usage.units)

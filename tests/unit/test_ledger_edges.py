@@ -279,7 +279,7 @@ def test_what_cannot_be_read_or_priced_is_recorded_at_the_estimate(
 @pytest.mark.parametrize(
     ("field", "value", "text"),
     [
-        ("call_id", "x" * 201, "at most 200"),
+        ("call_id", "x" * 201, "1 to 200 characters"),
         ("actor", "a\x00b", "NUL"),
         ("model", "gpt-\ud800", "surrogate"),
         ("input_tokens", 10**16, "tokens"),
