@@ -588,14 +588,20 @@ class Ledger:
             chunk = ids[start : start + 500]
             self._sql(f"DELETE FROM {_HOLD} WHERE id IN ({self._marks(len(chunk))})", chunk)
 
-    def _release(self, holds: Sequence[HoldRow]) -> None:
-        """Give back exactly what each hold held, on the counter it was taken on, and delete the holds."""
-        if not holds:
-            return
+    @staticmethod
+    def _given_back(holds: Sequence[HoldRow]) -> dict[int, tuple[int, int]]:
+        """(reserved, spent) deltas that give back exactly what each hold held, summed per counter."""
         deltas: dict[int, tuple[int, int]] = {}
         for hold in holds:
             reserved, spent = deltas.get(hold.counter_id, (0, 0))
             deltas[hold.counter_id] = (reserved - hold.amount_units, spent)
+        return deltas
+
+    def _release(self, holds: Sequence[HoldRow]) -> None:
+        """Give back exactly what each hold held, on the counter it was taken on, and delete the holds."""
+        if not holds:
+            return
+        deltas = self._given_back(holds)
         self._lock_ids(deltas)  # in id order, as every writer does: no deadlocks
         self._apply(deltas)
         self._delete_holds(holds)
@@ -644,10 +650,7 @@ class Ledger:
             moment = min(h.created_at for h in holds) if holds else aware(row["recorded_at"])
             current = list(targets(moment))
             ids, rows = self._ensure_counters(current, also_lock=[h.counter_id for h in holds])
-            deltas: dict[int, tuple[int, int]] = {}
-            for hold in holds:
-                reserved, spent = deltas.get(hold.counter_id, (0, 0))
-                deltas[hold.counter_id] = (reserved - hold.amount_units, spent)
+            deltas = self._given_back(holds)
             if cost_units:
                 self._check_range(rows, ids.values(), cost_units)
                 for counter_id in ids.values():
