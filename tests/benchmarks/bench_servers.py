@@ -345,6 +345,7 @@ def host_worker(job: dict[str, Any], barrier: Any, results: Any) -> None:
             "denied": denied,
             "round_trips": TALLY.round_trips,
             "statements": TALLY.statements,
+            "kinds": dict(TALLY.kinds),
         }
     )
     plugin.close()
@@ -408,6 +409,7 @@ def throughput(url: str, calls: int, folder: Path) -> dict[str, Any]:
         "calls_per_s": made / elapsed,
         "round_trips_per_call": sum(o["round_trips"] for o in outcomes) / made,
         "statements_per_call": sum(o["statements"] for o in outcomes) / made,
+        "kinds": dict(sum((collections.Counter(o["kinds"]) for o in outcomes), collections.Counter())),
         "limit": str(limit),
         "overspend": {name: str(max(Decimal(0), spent[name] - limit)) for name in LIMITS},
         "lost": {name: str(spent[name] - Decimal(str(recorded[name]))) for name in LIMITS},
@@ -548,12 +550,12 @@ def describe_tree() -> str:
 def report(rows: list[dict[str, Any]], sql: bool) -> None:
     print()
     print(
-        f"{'backend':9} {'implementation':22} {'rt/call':>7} {'pre':>5} {'post':>5} {'stmt/call':>9} "
+        f"{'backend':9} {'implementation':22} {'run':>3} {'rt/call':>7} {'pre':>5} {'post':>5} {'stmt/call':>9} "
         f"{'ms/call':>7} | {'calls/s x8':>10} {'rt/call x8':>10} {'denied':>6}  overspend / lost"
     )
     for row in rows:
         rt, tp = row.get("rt"), row.get("tp")
-        left = f"{row['backend']:9} {row['impl']:22} "
+        left = f"{row['backend']:9} {row['impl']:22} {row['round'] + 1:3} "
         if rt:
             n = rt["calls"]
             left += (
@@ -575,7 +577,13 @@ def report(rows: list[dict[str, Any]], sql: bool) -> None:
         print(f"{left} | {right}")
     print()
     for row in rows:
-        rt = row.get("rt")
+        rt, tp = row.get("rt"), row.get("tp")
+        who = f"{row['backend']:9} {row['impl']:22} {row['round'] + 1:3}"
+        if tp:
+            kinds = ", ".join(
+                f"{k} {v / tp['calls']:.2f}" for k, v in sorted(tp["kinds"].items(), key=lambda kv: -kv[1])
+            )
+            print(f"  {who} x8  : {kinds} ({tp['calls']} calls in {tp['seconds']:.1f} s, limits {tp['limit']})")
         if not rt:
             continue
         for side in ("pre", "post"):
@@ -586,12 +594,12 @@ def report(rows: list[dict[str, Any]], sql: bool) -> None:
             extra = ""
             if t["background"] or t["connects"]:
                 extra = f" (of which {t['background']} from other threads; {t['connects']} connects)"
-            print(f"  {row['backend']:9} {row['impl']:22} {side:4}: {kinds}{extra}")
+            print(f"  {who} {side:4}: {kinds}{extra}")
             if sql:
                 for text, count in sorted(t["texts"].items(), key=lambda kv: -kv[1]):
                     print(f"      {count / rt['calls']:5.2f}  {text}")
         print(
-            f"  {row['backend']:9} {row['impl']:22} per call min {rt['min_round_trips']} max {rt['max_round_trips']} "
+            f"  {who} per call min {rt['min_round_trips']} max {rt['max_round_trips']} "
             f"round trips; package {rt['package']}"
         )
 
