@@ -6,9 +6,48 @@ import fnmatch
 import logging
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
+from pydantic import BaseModel
+
+from .extensions import Extensions
 from .types import BudgetEvent
+
+M = TypeVar("M", bound=BaseModel)
+_set = object.__setattr__
+
+
+def maker(cls: type[M]) -> Callable[..., M]:
+    """A builder of ``cls`` instances from every field's value, in field order, without validation.
+
+    What ``cls.model_construct(**values)`` does for a model without aliases, post-init or extra fields
+    (which it refuses), minus its per-field lookups: for values the code itself built and checked, on
+    the hot path that builds several of these per LLM call.
+    """
+    fields = cls.model_fields
+    if (
+        cls.__pydantic_post_init__
+        or cls.__pydantic_root_model__
+        or cls.model_config.get("extra") == "allow"
+        or any(f.alias is not None or f.validation_alias is not None for f in fields.values())
+    ):
+        raise TypeError(f"{cls.__name__} needs model_construct: it has aliases, extra fields or a post-init")
+    names = tuple(fields)
+    count = len(names)
+    new = cls.__new__
+
+    def build(*values: Any) -> M:
+        if len(values) != count:
+            raise TypeError(f"{cls.__name__} takes {count} values, in field order; got {len(values)}")
+        model = new(cls)
+        _set(model, "__dict__", dict(zip(names, values, strict=True)))
+        _set(model, "__pydantic_fields_set__", set(names))
+        _set(model, "__pydantic_extra__", None)
+        _set(model, "__pydantic_private__", None)
+        return model
+
+    return build
+
 
 log = logging.getLogger("atlas_budget_plugin")
 
@@ -56,6 +95,21 @@ class MessageBus:
                     self._subscribers.remove(entry)
 
         return unsubscribe
+
+    def wants(self, topic: str) -> bool:
+        """Whether an event of ``topic`` would reach anyone: lets publishers skip building events nobody reads.
+
+        A subscriber whose pattern matches, a ``budget_event`` hook implementation, or a hook sink of
+        another kind (which may want everything) makes it True.
+        """
+        if self._subscribers and any(fnmatch.fnmatchcase(topic, pattern) for pattern, _ in list(self._subscribers)):
+            return True
+        hooks = self._hooks
+        if hooks is None:
+            return False
+        if type(hooks) is Extensions:
+            return bool(hooks.pm.hook.budget_event.get_hookimpls())
+        return True
 
     def publish(self, event: BudgetEvent) -> None:
         if event.topic not in TOPICS:

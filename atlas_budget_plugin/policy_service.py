@@ -14,9 +14,9 @@ import pydantic
 
 from hookspecs import LLMCall
 
-from .bus import MessageBus
+from .bus import MessageBus, maker
 from .exceptions import ConflictError, NotFoundError, UnknownPriceError, ValidationError
-from .hierarchy import Attribution, covers, node_text, parse_node
+from .hierarchy import Attribution, Hierarchy, covers, node_text, parse_node
 from .money import from_units, parse_money, to_units
 from .periods import bucket_hour
 from .permissions import BudgetPermissionChecker
@@ -50,13 +50,87 @@ OVERRIDE_TAG = "budget_override"
 _COUNTED_FIELDS = ("scope", "period", "timezone", "enabled", "tenant", "provider_limits", "model_limits")
 
 
+_new_standing = maker(PolicyStanding)
+
+#: Values of calls that passed :func:`check_call` in ``pre_llm_call`` and have not been recorded yet.
+_passed: dict[tuple[Any, ...], None] = {}
+
+
+def _call_values(call: LLMCall) -> tuple[Any, ...] | None:
+    """Every value :func:`check_call` looks at (it depends on nothing else), or None when one cannot be a key."""
+    try:
+        values = (
+            call.call_id,
+            call.tenant,
+            call.provider,
+            call.model,
+            call.operation,
+            call.actor,
+            call.category,
+            call.input_tokens,
+            call.max_output_tokens,
+            call.estimated_cost,
+            *call.tags.items(),
+        )
+        hash(values)
+    except TypeError:
+        return None
+    return values
+
+
 def unstorable(call: LLMCall) -> str | None:
     """Why the store could not record ``call``, or None: checked before any money is spent on it."""
     try:
         check_call(call)
     except ValidationError as exc:
         return str(exc)
+    values = _call_values(call)
+    if values is not None:
+        if len(_passed) >= 10_000:  # calls never recorded (their host died): forget them, they are checked anew
+            _passed.clear()
+        _passed[values] = None
     return None
+
+
+def check_recorded_call(call: LLMCall) -> None:
+    """:func:`check_call` for a call being recorded: a call with exactly these values already passed it in
+    :func:`unstorable` (the check depends on nothing but the values), so it is not run twice."""
+    values = _call_values(call)
+    if values is None or _passed.pop(values, False) is False:
+        check_call(call)
+
+
+class _Plan:
+    """The policies covering one shape of call (tenant, columns, tags), and their targets for one span of time.
+
+    Built from the policy list and scope links current when it was made; the service drops it when either
+    changes. Targets are reused while ``now`` stays inside the span in which every one of them is the same.
+    """
+
+    __slots__ = ("_service", "_span", "by_id", "policies", "throttles")
+
+    def __init__(self, policies: list[Policy], service: BudgetPolicyService) -> None:
+        self.policies = policies
+        self.by_id: dict[int | None, Policy] = {p.id: p for p in policies}
+        self.throttles = any(service.enforcement(p) == "throttle" for p in policies)
+        self._service = service
+        self._span: tuple[datetime, datetime, list[Target]] | None = None
+
+    def targets(self, call: LLMCall, now: datetime) -> list[Target]:
+        """Each policy's own target and those of the sub-limits ``call`` falls under, at ``now``. Not to be changed."""
+        span = self._span
+        if span is not None and span[0] <= now < span[1]:
+            return span[2]
+        service = self._service
+        start, end, found = None, None, []
+        for policy in self.policies:
+            valid_from, valid_until, _ = service._target_span(policy, now)
+            start = valid_from if start is None or valid_from > start else start
+            end = valid_until if end is None or valid_until < end else end
+            found.extend(service.targets_of(policy, call, now))
+        if start is not None and end is not None:
+            self._span = (start, end, found)
+        return found
 
 
 class BudgetPolicyService:
@@ -80,6 +154,7 @@ class BudgetPolicyService:
         self.permissions = permissions or BudgetPermissionChecker()
         self.clock = clock
         self._targets: dict[tuple[int | None, int], tuple[datetime, datetime, Target]] = {}
+        self._plans: dict[tuple[Any, ...], tuple[list[Policy], Hierarchy, _Plan]] = {}
 
     # -- CRUD -------------------------------------------------------------------------------
 
@@ -281,17 +356,22 @@ class BudgetPolicyService:
 
     def target(self, policy: Policy, now: datetime) -> Target:
         """The policy's window and limit at ``now`` (reused while neither the policy nor the window changes)."""
+        return self._target_span(policy, now)[2]
+
+    def _target_span(self, policy: Policy, now: datetime) -> tuple[datetime, datetime, Target]:
+        """(from, until, target): the policy's target at ``now``, the same at every moment in [from, until)."""
         key = (policy.id, policy.version)
         hit = self._targets.get(key)
         if hit is not None and hit[0] <= now < hit[1]:
-            return hit[2]
+            return hit
         target = target_for(policy, now)
         valid_from = bucket_hour(now) if target.period.is_rolling else target.window_start
         valid_until = valid_from + timedelta(hours=1) if target.period.is_rolling else target.window_end
         if len(self._targets) > 10_000:
             self._targets.clear()
-        self._targets[key] = (valid_from, valid_until, target)
-        return target
+        span = (valid_from, valid_until, target)
+        self._targets[key] = span
+        return span
 
     def standings(
         self, actor: Actor, policy_ids: Iterable[int] | None = None, now: datetime | None = None
@@ -312,10 +392,35 @@ class BudgetPolicyService:
 
     def matching(self, call: LLMCall, max_age: float = 0.0) -> list[Policy]:
         """Enabled policies of the call's tenant whose scope covers the call, directly or through an ancestor."""
+        return list(self._plan(call, max_age).policies)
+
+    def _plan(self, call: LLMCall, max_age: float = 0.0) -> _Plan:
+        """The policies covering calls shaped like ``call`` (same tenant, columns and tags).
+
+        Asks the store whether a policy changed exactly as before (the cached policy list and scope links
+        are the ones the store's generation says are current); the matching itself is done once per call
+        shape and reused while neither that list nor the links change.
+        """
+        enabled, index = self.repository.enabled(call.tenant, max_age=max_age)
+        hierarchy = self.repository.links(call.tenant, max_age=1.0)
+        key: tuple[Any, ...] | None
+        try:
+            key = (call.tenant, call.actor, call.provider, call.model, call.operation, call.category)
+            if call.tags:
+                key += tuple(call.tags.items())
+            hit = self._plans.get(key)
+        except TypeError:  # a value that cannot be a key (the store refuses such a call anyway): match afresh
+            key, hit = None, None
+        if hit is not None and hit[0] is enabled and hit[1] is hierarchy:
+            return hit[2]
         values = {column: getattr(call, column) for column in CALL_DIMENSIONS}
-        policies = self.repository.candidates(call.tenant, values, max_age=max_age)
-        attributed = self.attribution(call)
-        return [p for p in policies if covers(p.scope, call, attributed)]
+        attributed = hierarchy.attribution(call)
+        plan = _Plan([p for p in index.candidates(values) if covers(p.scope, call, attributed)], self)
+        if key is not None:
+            if len(self._plans) >= 4096:
+                self._plans.clear()
+            self._plans[key] = (enabled, hierarchy, plan)
+        return plan
 
     def attribution(self, call: LLMCall) -> Attribution:
         """Tag values ``call`` belongs to through the scope hierarchy (links may be a second stale elsewhere)."""
@@ -394,25 +499,31 @@ class BudgetPolicyService:
         now = now or self.clock()
         # Asks the store whether any policy changed (one small read): a policy created a moment ago
         # in another process must count this call, or its counter would miss it.
-        return [t for p in self.matching(call) for t in self.targets_of(p, call, now)]
+        return list(self._plan(call).targets(call, now))
 
     def _standing(self, policy: Policy, standing: Standing, requested: int) -> PolicyStanding:
         # Built from values the store already checked, on every call: skip re-validation.
-        part = standing.target.part
-        return PolicyStanding.model_construct(
-            policy_id=policy.id or 0,
-            policy_name=f"{policy.name} [{part.replace(':', '=', 1)}]" if part else policy.name,
-            enforcement=self.enforcement(policy),
-            window_start=standing.target.window_start,
-            window_end=standing.target.window_end,
-            limit=from_units(standing.limit_units),
-            spent=from_units(standing.spent_units),
-            reserved=from_units(standing.reserved_units),
-            requested=from_units(requested),
+        target = standing.target
+        part = target.part
+        return _new_standing(
+            policy.id or 0,
+            f"{policy.name} [{part.replace(':', '=', 1)}]" if part else policy.name,
+            policy.enforcement or self.settings.default_enforcement,
+            target.window_start,
+            target.window_end,
+            from_units(standing.limit_units),
+            from_units(standing.spent_units),
+            from_units(standing.reserved_units),
+            from_units(requested),
         )
 
     def _blocks(self, standing: PolicyStanding, call: LLMCall) -> bool:
-        if standing.fits or standing.enforcement == "warn":
+        return self._blocked(standing, standing.fits, call)
+
+    @staticmethod
+    def _blocked(standing: PolicyStanding, fits: bool, call: LLMCall) -> bool:
+        """Whether ``standing`` stops the call, given whether the call ``fits`` its limit."""
+        if fits or standing.enforcement == "warn":
             return False
         if standing.enforcement == "soft_block":
             # A sub-limit's standing is named "policy [model=...]": the policy's own name overrides it too.
@@ -466,8 +577,8 @@ class BudgetPolicyService:
             amount, source = estimate.cost, estimate.source
         if amount < 0:
             raise ValidationError(f"estimated_cost must not be negative, got {amount}")
-        policies = self.matching(call)
-        if not policies:
+        plan = self._plan(call)
+        if not plan.policies:
             return BudgetDecision(
                 allowed=True,
                 reason="no budget policy applies",
@@ -475,14 +586,21 @@ class BudgetPolicyService:
                 price_source=source,
                 warnings=self._price_warnings(call, source),
             )
-        by_id = {p.id: p for p in policies}
-        targets = [t for p in policies for t in self.targets_of(p, call, now)]
+        by_id = plan.by_id
+        targets = plan.targets(call, now)
         units = to_units(amount)
         views: list[PolicyStanding] = []
+        #: Per view, in store units: (what remains after this call, spent + reserved before it, the limit).
+        numbers: list[tuple[int, int, int]] = []
 
         def decide(standings: list[Standing]) -> bool:
             views[:] = [self._standing(by_id[s.target.policy_id], s, units) for s in standings]
-            return not any(self._blocks(v, call) for v in views)
+            numbers[:] = [
+                (s.limit_units - used - units, used, s.limit_units)
+                for s in standings
+                for used in (s.spent_units + s.reserved_units,)
+            ]
+            return not any(self._blocked(v, n[0] >= 0, call) for v, n in zip(views, numbers, strict=True))
 
         def rates(standings: list[Standing]) -> list[Rate]:
             """Throttles past their threshold: their minute's rate must admit this call too."""
@@ -501,9 +619,8 @@ class BudgetPolicyService:
         minute = now.replace(second=0, microsecond=0)
         try:
             # No throttle among the policies: no rates callback, so a store's fast path can take the call.
-            throttles = any(self.enforcement(p) == "throttle" for p in policies)
             reserved = self.ledger.reserve(
-                call.call_id, targets, units, now, expires, decide, rates if throttles else None
+                call.call_id, targets, units, now, expires, decide, rates if plan.throttles else None
             )
         except StoreRangeError as exc:
             return BudgetDecision(
@@ -525,7 +642,7 @@ class BudgetPolicyService:
                 estimated_cost=amount,
                 price_source=source,
             )
-        return self._decision(call, views, outcome is Reservation.HELD, amount, source, by_id)
+        return self._decision(call, views, numbers, outcome is Reservation.HELD, amount, source, by_id)
 
     def _throttled(
         self,
@@ -578,28 +695,33 @@ class BudgetPolicyService:
         self,
         call: LLMCall,
         views: Sequence[PolicyStanding],
+        numbers: Sequence[tuple[int, int, int]],
         held: bool,
         amount: Decimal,
         source: str,
         by_id: dict[int | None, Policy],
     ) -> BudgetDecision:
+        """The verdict from the standings; ``numbers`` are the views' (remaining after the call, used before it,
+        limit) in store units, so the arithmetic is on integers (exactly what the views' Decimals give)."""
         warnings = list(self._price_warnings(call, source))
         deciding = None
-        for view in sorted(views, key=lambda v: v.remaining_after):
-            if not view.fits:
-                self.bus.publish(
-                    BudgetLimitEvent(
-                        topic="budget.limit_exceeded",
-                        tenant=call.tenant,
-                        policy_id=view.policy_id,
-                        policy_name=view.policy_name,
-                        call_id=call.call_id,
-                        spent=view.spent,
-                        limit=view.limit,
-                        requested=view.requested,
+        # Tightest first (a stable sort: ties keep the policies' order).
+        for view, (remaining, used_before, limit) in sorted(zip(views, numbers, strict=True), key=lambda p: p[1][0]):
+            if remaining < 0:
+                if self.bus.wants("budget.limit_exceeded"):
+                    self.bus.publish(
+                        BudgetLimitEvent(
+                            topic="budget.limit_exceeded",
+                            tenant=call.tenant,
+                            policy_id=view.policy_id,
+                            policy_name=view.policy_name,
+                            call_id=call.call_id,
+                            spent=view.spent,
+                            limit=view.limit,
+                            requested=view.requested,
+                        )
                     )
-                )
-                if self._blocks(view, call):
+                if self._blocked(view, False, call):
                     deciding = deciding or view
                     continue
                 warnings.append(
@@ -607,11 +729,10 @@ class BudgetPolicyService:
                     f"spent {view.spent} + reserved {view.reserved} + this call {view.requested}"
                 )
                 continue
-            used_after = view.limit - view.remaining_after
-            used_before = view.spent + view.reserved
+            # A threshold at pct % is crossed when used before < limit * pct / 100 <= used after (times 100).
+            before, after = used_before * 100, (limit - remaining) * 100
             for pct in by_id[view.policy_id].thresholds:
-                mark = view.limit * pct / 100
-                if used_before < mark <= used_after:
+                if before < limit * pct <= after:
                     warnings.append(f"this call takes policy {view.policy_name!r} past {pct}% of {view.limit}")
         if not held:
             assert deciding is not None
@@ -631,7 +752,7 @@ class BudgetPolicyService:
                 deciding_policy=deciding.policy_name,
                 standings=tuple(views),
             )
-        tightest = min(views, key=lambda v: v.remaining_after) if views else None
+        tightest = min(zip(views, numbers, strict=True), key=lambda p: p[1][0])[0] if views else None
         return BudgetDecision(
             allowed=True,
             reason="within budget" if not warnings else "allowed with warnings",

@@ -217,19 +217,24 @@ class PolicyRepository:
         ``max_age`` > 0 trusts a cache younger than that many seconds without asking
         the store (for bookkeeping after a call; enforcement always asks).
         """
-        cached = self._cache.get((tenant, enabled_only))
-        if cached and max_age > 0 and time.monotonic() - self._checked.get((tenant, enabled_only), 0) < max_age:
-            return list(cached[1])
+        return list(self._current(tenant, enabled_only, max_age))
+
+    def _current(self, tenant: str, enabled_only: bool, max_age: float) -> list[Policy]:
+        """The cached list itself (not a copy), refreshed when the store's generation moved."""
+        key = (tenant, enabled_only)
+        cached = self._cache.get(key)
+        if cached and max_age > 0 and time.monotonic() - self._checked.get(key, 0) < max_age:
+            return cached[1]
         generation = self.generation()
-        self._checked[(tenant, enabled_only)] = time.monotonic()
+        self._checked[key] = time.monotonic()
         if cached and cached[0] == generation:
-            return list(cached[1])
+            return cached[1]
         query = PolicyRow.select().where(PolicyRow.tenant == tenant)
         if enabled_only:
             query = query.where(PolicyRow.enabled == True)  # noqa: E712 - peewee expression
         policies = [to_policy(r) for r in query.order_by(PolicyRow.priority.desc(), PolicyRow.id)]
-        self._cache[(tenant, enabled_only)] = (generation, policies)
-        return list(policies)
+        self._cache[key] = (generation, policies)
+        return policies
 
     def candidates(self, tenant: str, values: dict[str, str | None], max_age: float = 0.0) -> list[Policy]:
         """Enabled policies that could cover a call with these column ``values`` (actor, model, ...), in order.
@@ -238,13 +243,17 @@ class PolicyRepository:
         policies are indexed by one column of their scope: a tenant with a policy per user
         checks the user's own policy, not all of them.
         """
-        self.all(tenant, enabled_only=True, max_age=max_age)  # refreshes the cache when a policy changed
-        policies = self._cache[(tenant, True)][1]
+        return self.enabled(tenant, max_age)[1].candidates(values)
+
+    def enabled(self, tenant: str, max_age: float = 0.0) -> tuple[list[Policy], PolicyIndex]:
+        """The tenant's enabled policies and their index, as cached: the same list object while no policy
+        changed (callers key their own caches on it, and must not change it)."""
+        policies = self._current(tenant, True, max_age)  # refreshed when a policy changed
         indexed = self._indexes.get(tenant)
         if indexed is None or indexed[0] is not policies:
             indexed = (policies, PolicyIndex.of(policies))
             self._indexes[tenant] = indexed
-        return indexed[1].candidates(values)
+        return indexed
 
     def conflicting(self, policy: Policy) -> Policy | None:
         """Another policy of the tenant with the same name, or the same scope and period."""
