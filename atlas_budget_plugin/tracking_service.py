@@ -13,11 +13,12 @@ from typing import Any
 
 from hookspecs import LLMCall, LLMUsage
 
-from .bus import MessageBus
+from .bus import MessageBus, maker
 from .exceptions import ValidationError
 from .money import from_units, quantize, tidy, to_units
 from .periods import Period, parse_period, previous_window, window
 from .permissions import BudgetPermissionChecker
+from .policy_service import check_recorded_call
 from .pricing import Pricer
 from .store import Ledger, Standing, StoreRangeError, Target, aware, naive, target_for
 from .store.database import STORE_ERRORS, reset_connection
@@ -45,7 +46,6 @@ from .types import (
     UsageRecord,
     UsageSummary,
     bounded_period,
-    check_call,
     check_cost,
     check_moment,
     check_number,
@@ -86,6 +86,39 @@ def to_record(row: UsageRow | dict[str, Any]) -> UsageRecord:
         error=data["error"],
         recorded_at=aware(data["recorded_at"]),
     )
+
+
+_new_usage_record = maker(UsageRecord)
+
+
+def _new_record(row: dict[str, Any], call: LLMCall, metadata: dict[str, Any]) -> UsageRecord:
+    """:func:`to_record` of a row this process just wrote from ``call`` and checked ``metadata``: the same
+    record, built from the values themselves instead of parsing back the JSON made of them and re-validating."""
+    tags, units = call.tags, metadata["units"]
+    return _new_usage_record(
+        row["call_id"],
+        row["tenant"],
+        row["actor"],
+        row["provider"],
+        row["model"],
+        row["operation"],
+        row["category"],
+        {k: tags[k] for k in sorted(tags)} if tags else {},  # as the JSON (sorted keys) reads back
+        int(row["input_tokens"]),
+        int(row["output_tokens"]),
+        int(row["cache_read_tokens"]),
+        int(row["cache_write_tokens"]),
+        from_units(int(row["cost_units"])),
+        row["price_source"],
+        {k: Decimal(str(units[k])) for k in sorted(units)} if units else {},
+        row["error"],
+        aware(row["recorded_at"]),
+        None,  # the store's row id is not read back on a record just written
+    )
+
+
+def _lineage_json(attributed: Mapping[str, frozenset[str]]) -> str:
+    return json.dumps({k: sorted(v) for k, v in attributed.items()}, sort_keys=True) if attributed else "{}"
 
 
 def _dimensions(dimension: Any) -> tuple[str, ...]:
@@ -297,7 +330,7 @@ class BudgetTrackingService:
         """
         call = operation
         # Everything is checked before anything is written: a refused record leaves no row.
-        check_call(call)
+        check_recorded_call(call)
         amount = check_cost(cost)
         metadata = usage_metadata(metadata)
         now = recorded_at or self.clock()
@@ -308,38 +341,47 @@ class BudgetTrackingService:
             "model": call.model,
             "operation": call.operation,
             "category": call.category,
-            "tags_json": json.dumps(dict(call.tags), sort_keys=True),
+            "tags_json": json.dumps(dict(call.tags), sort_keys=True) if call.tags else "{}",
             **{name: metadata[name] for name in TOKEN_FIELDS},
-            "units_json": json.dumps({k: str(v) for k, v in metadata["units"].items()}, sort_keys=True),
+            "units_json": (
+                json.dumps({k: str(v) for k, v in metadata["units"].items()}, sort_keys=True)
+                if metadata["units"]
+                else "{}"
+            ),
             "price_source": metadata["price_source"],
             "error": metadata["error"],
             "recorded_at": naive(now),
             # The ancestors the call belongs to, kept with it so reports and counters agree later: worked out
             # inside the settling transaction, right after the policies it is charged to.
-            "lineage_json": lambda: json.dumps(
-                {k: sorted(v) for k, v in self.attribution(call).items()}, sort_keys=True
-            ),
+            "lineage_json": lambda: _lineage_json(self.attribution(call)),
         }
         settled = self.ledger.settle(call.call_id, to_units(amount), row, lambda moment: self.targets(call, moment))
-        record = to_record(settled.row)
-        if settled.created:
+        if not settled.created:
+            return to_record(settled.row)  # the first record of this call, as the store has it
+        record = _new_record(settled.row, call, metadata)
+        if self.bus.wants("budget.usage_recorded"):
             self.bus.publish(BudgetUsageEvent(topic="budget.usage_recorded", tenant=call.tenant, record=record))
-            self._announce_thresholds(call, settled.standings)
+        self._announce_thresholds(call, settled.standings)
         return record
 
     def _announce_thresholds(self, call: LLMCall, standings: Sequence[Standing]) -> None:
         """Publish ``budget.threshold_reached`` once per policy, threshold and window (across processes)."""
-        if not standings:
-            return
-        policies = {p.id: p for p in self.policies(call.tenant)}
+        policies: dict[int | None, Policy] | None = None
         for standing in standings:
-            if standing.target.part:  # a sub-limit is not the policy: its thresholds are the policy's own
+            target = standing.target
+            if target.part:  # a sub-limit is not the policy: its thresholds are the policy's own
                 continue
-            policy = policies.get(standing.target.policy_id)
-            if policy is None or not standing.limit_units:
+            limit, spent = standing.limit_units, standing.spent_units * 100
+            # Thresholds are percents from 1 up: below 1% of the limit, none of them is reached.
+            if not limit or spent < limit:
+                continue
+            if policies is None:
+                policies = {p.id: p for p in self.policies(call.tenant)}
+            policy = policies.get(target.policy_id)
+            if policy is None:
                 continue
             for pct in policy.thresholds:
-                if standing.spent_units * 100 < standing.limit_units * pct:
+                if spent < limit * pct:
                     continue
                 key = (standing.target.policy_id, standing.target.window_start, pct)
                 if key in self._announced:
