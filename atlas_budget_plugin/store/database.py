@@ -19,7 +19,7 @@ import peewee as pw
 from playhouse import db_url
 
 from ..exceptions import SettingsError, StoreUnavailable
-from .migrations import exact_text, policy_options_and_counter_parts
+from .migrations import exact_text, policy_options_and_counter_parts, server_routines
 from .models import ALL_MODELS, SCHEMA_VERSION, Meta, SchemaVersion, db_proxy
 
 #: Durability first: a recorded call survives a crash or power loss once recorded
@@ -41,7 +41,11 @@ SCHEMA_LOCK_ID = 0x41544C53
 SUPPORTED = "sqlite:///path/to/budget.db, postgresql://user@host:5432/db, mysql://user@host:3306/db"
 
 #: version -> step that upgrades a database from that version to the next one.
-MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {1: exact_text, 2: policy_options_and_counter_parts}
+MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
+    1: exact_text,
+    2: policy_options_and_counter_parts,
+    3: server_routines,
+}
 
 
 @dataclass(frozen=True)
@@ -431,7 +435,8 @@ _RETRYABLE_MYSQL = {1213}  # deadlock found (a lock wait timeout is answered, no
 T = TypeVar("T")
 
 
-def _retryable(exc: BaseException) -> bool:
+def is_retryable(exc: BaseException) -> bool:
+    """Whether ``exc`` is a deadlock or serialization failure, after which the work can simply run again."""
     # peewee re-raises the driver's error as its own; the original is its first argument.
     causes = [exc, exc.__cause__, exc.__context__, *(a for a in exc.args if isinstance(a, BaseException))]
     for cause in causes:
@@ -518,7 +523,7 @@ def run_in_transaction(db: pw.Database, work: Callable[[], T], attempts: int = 8
             with write_transaction(db):
                 return work()
         except (pw.OperationalError, pw.InternalError) as exc:
-            if attempt == attempts - 1 or not _retryable(exc):
+            if attempt == attempts - 1 or not is_retryable(exc):
                 raise
             time.sleep(random.uniform(0, 0.005 * 2**attempt))
     raise AssertionError("unreachable")  # pragma: no cover
@@ -558,6 +563,7 @@ def initialize(db: pw.Database) -> int:
             SchemaVersion.delete().execute()
             SchemaVersion.create(version=SCHEMA_VERSION)
             Meta.insert(name="policy_generation", value=0).on_conflict_ignore().execute()
+            server_routines(db)
             return SCHEMA_VERSION
         if current > SCHEMA_VERSION:
             raise StoreUnavailable(

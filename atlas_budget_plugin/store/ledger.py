@@ -14,6 +14,9 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import random
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
@@ -25,7 +28,8 @@ from ..exceptions import ValidationError
 from ..money import to_units
 from ..periods import Period, bucket_hour, parse_period, previous_window, window
 from ..types import CALL_DIMENSIONS, TAG_DIMENSIONS, TOKEN_FIELDS, Policy, Scope
-from .database import is_sqlite, run_grouped, run_in_transaction
+from . import routines
+from .database import is_retryable, is_sqlite, run_grouped, run_in_transaction
 from .models import ThresholdMark
 
 
@@ -248,6 +252,12 @@ class Ledger:
         # before it durable too. A hold lost to a power cut only un-reserves a call that died with it.
         self._unsynced_holds = self.sqlite and durability == "full"
         self.group_commit = self._unsynced_holds  # where commits sync, callers arriving together share one
+        # PostgreSQL/MariaDB: reserve and settle in one round trip each through server-side routines
+        # (store/routines.py), known present on first use. The moment each hold this process took was
+        # admitted is kept until the call settles, so the settling routine can be told which window to charge.
+        self._routines: bool | None = False if self.sqlite else None
+        self._admitted: dict[str, datetime] = {}
+        self._admitted_lock = threading.Lock()
 
     # -- SQL helpers ------------------------------------------------------------------------
 
@@ -317,7 +327,11 @@ class Ledger:
         if prev is not None:
             used = int(prev[0]) + int(prev[1])  # holds of that window become its spend when they settle
         else:
+            # No call held money in that window: count what was recorded, and keep it as that window's
+            # counter (as any counter starts), so later calls read it instead of recounting raw rows.
             used = self._backfill(target, target.previous_window_start, target.window_start)
+            previous = replace(target, window_start=target.previous_window_start, counter_start=None)
+            self._insert_counter(previous, used)
         return max(0, min(target.rollover_cap_units, target.limit_units - used))
 
     def _find_counters(self, targets: Sequence[Target]) -> dict[Ident, int]:
@@ -351,15 +365,18 @@ class Ledger:
         A counter that a concurrent transaction created first is left alone (its
         creator counted what was recorded before it; later calls add themselves).
         """
+        for target in sorted(targets, key=lambda t: (t.ident, t.key)):
+            self._insert_counter(target, self._backfill(target, target.key, target.counter_end))
+
+    def _insert_counter(self, target: Target, spent: int) -> None:
+        """Insert ``target``'s counter starting at ``spent``, unless it exists (then it is left alone)."""
         ignore = {"sqlite": "INSERT OR IGNORE INTO", "mysql": "INSERT IGNORE INTO"}
         tail = " ON CONFLICT DO NOTHING" if self.kind == "postgres" else ""
-        for target in sorted(targets, key=lambda t: (t.ident, t.key)):
-            spent = self._backfill(target, target.key, target.counter_end)
-            self._sql(
-                f"{ignore.get(self.kind, 'INSERT INTO')} {_COUNTER} (policy_id, part, window_start, spent_units, "
-                f"reserved_units, carry_units) VALUES (?, ?, ?, ?, 0, 0){tail}",
-                (target.policy_id, target.part, self._dt(target.key), spent),
-            )
+        self._sql(
+            f"{ignore.get(self.kind, 'INSERT INTO')} {_COUNTER} (policy_id, part, window_start, spent_units, "
+            f"reserved_units, carry_units) VALUES (?, ?, ?, ?, 0, 0){tail}",
+            (target.policy_id, target.part, self._dt(target.key), spent),
+        )
 
     def _sqlite_counters(self, targets: Sequence[Target]) -> dict[Ident, tuple[int, int, int, int]]:
         """(policy_id, part) -> (counter id, policy_id, spent, reserved), read in one statement.
@@ -442,6 +459,151 @@ class Ledger:
 
         return run_in_transaction(self.db, work)
 
+    # -- server-side routines (PostgreSQL, MariaDB) -------------------------------------------
+
+    def _use_routines(self) -> bool:
+        if self._routines is None:
+            self._routines = routines.present(self.db)
+        return self._routines
+
+    def _carries(self, target: Target) -> bool:
+        """Whether ``target``'s limit may grow by the unused budget of its previous window (see ``_carry``)."""
+        return bool(
+            target.rollover_cap_units
+            and target.previous_window_start is not None
+            and not target.period.is_rolling
+            and not (target.policy_created_at and target.policy_created_at >= target.window_start)
+        )
+
+    def _routine_targets(self, targets: Sequence[Target]) -> list[Any]:
+        """The targets as the routines take them: eight parallel arrays (PostgreSQL), one JSON array (MariaDB)."""
+        rolling = [t.period.is_rolling for t in targets]
+        if self.kind == "mysql":
+            text = _sqlite_text  # 'YYYY-MM-DD HH:MM:SS[.ffffff]' naive UTC, which MariaDB reads as a DATETIME
+            rows = [
+                [
+                    t.policy_id,
+                    t.part,
+                    text(t.key),
+                    text(t.window_start) if r else None,
+                    text(t.window_end) if r else None,
+                    t.limit_units,
+                    t.rollover_cap_units,
+                    text(t.previous_window_start) if self._carries(t) else None,
+                ]
+                for t, r in zip(targets, rolling, strict=True)
+            ]
+            return [json.dumps(rows)]
+        return [
+            [t.policy_id for t in targets],
+            [t.part for t in targets],
+            [naive(t.key) for t in targets],
+            [naive(t.window_start) if r else None for t, r in zip(targets, rolling, strict=True)],
+            [naive(t.window_end) if r else None for t, r in zip(targets, rolling, strict=True)],
+            [t.limit_units for t in targets],
+            [t.rollover_cap_units for t in targets],
+            [naive(t.previous_window_start) if self._carries(t) else None for t in targets],  # type: ignore[arg-type]
+        ]
+
+    def _call_routine(self, name: str, params: Sequence[Any]) -> tuple[Any, ...]:
+        """Run one routine in its own transaction (one round trip), again after a deadlock."""
+        if self.kind == "postgres":  # every routine takes four values, the targets' arrays, then the rest
+            marks = ["%s"] * 4 + list(routines.PG_TARGET_CASTS) + ["%s"] * (len(params) - 12)
+            sql = f"SELECT status, spent, reserved, carry FROM {name}({', '.join(marks)})"
+        else:
+            sql = f"CALL {name}({', '.join(['%s'] * len(params))})"
+        for attempt in range(8):
+            try:
+                cursor = self.db.execute_sql(sql, tuple(params))
+                row = cursor.fetchone()
+                while self.kind == "mysql" and cursor.nextset():  # a CALL's own status answer follows
+                    pass
+                return routines.decode(self.kind, row)
+            except (pw.OperationalError, pw.InternalError) as exc:
+                if attempt == 7 or not is_retryable(exc):
+                    raise
+                time.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _admit(self, call_id: str, moment: datetime) -> None:
+        """Remember when this process's hold for ``call_id`` was taken (bounded: oldest forgotten first)."""
+        with self._admitted_lock:
+            self._admitted.setdefault(call_id, moment)
+            while len(self._admitted) > 100_000:
+                del self._admitted[next(iter(self._admitted))]
+
+    def _forget(self, call_id: str) -> datetime | None:
+        with self._admitted_lock:
+            return self._admitted.pop(call_id, None)
+
+    def _reserve_on_server(
+        self,
+        call_id: str,
+        targets: Sequence[Target],
+        amount_units: int,
+        now: datetime,
+        expires_at: datetime,
+        decide: Callable[[list[Standing]], bool],
+    ) -> Reserved | None:
+        """``reserve`` in one round trip; None when the Python path must do it (nothing was written then)."""
+        params = [call_id, amount_units, naive(now), naive(expires_at), *self._routine_targets(targets)]
+        status, spent, reserved, carry = self._call_routine(routines.RESERVE, params)
+        if status in ("missing", "range"):
+            return None
+        standings = [
+            Standing(t, int(s), int(r), int(c)) for t, s, r, c in zip(targets, spent, reserved, carry, strict=True)
+        ]
+        if status == "held":
+            return Reserved(standings, Reservation.HELD)
+        if status == "recorded":
+            return Reserved(standings, Reservation.RECORDED)
+        if status == "check":  # over some limit: the policies decide; a denial needs nothing more
+            return Reserved(standings, Reservation.DENIED) if not decide(standings) else None
+        self._admit(call_id, now)
+        if decide(standings):  # it fit every limit, so every policy admits it (decide also builds the views)
+            return Reserved(standings, Reservation.HELD)
+        self.release(call_id)  # pragma: no cover - a policy that blocks a call within its limit
+        return None  # pragma: no cover
+
+    def _settle_on_server(
+        self, call_id: str, cost_units: int, row: dict[str, Any], targets: Callable[[datetime], Sequence[Target]]
+    ) -> Settlement | None:
+        """``settle`` in one round trip; None when the Python path must do it (nothing was written then)."""
+        held_at = self._admitted.get(call_id)
+        moment = held_at or aware(row["recorded_at"])
+        if self.kind == "mysql":  # its DATETIME columns keep whole seconds (it truncates): as the hold was stored
+            moment = moment.replace(microsecond=0)
+        current = list(targets(moment))
+        params = [
+            call_id,
+            cost_units,
+            naive(held_at) if held_at else None,
+            naive(moment),
+            *self._routine_targets(current),
+            *(row[c] for c in routines.SETTLE_USAGE_COLUMNS),
+        ]
+        try:
+            status, spent, reserved, carry = self._call_routine(routines.SETTLE, params)
+        except pw.IntegrityError:
+            first = self.usage_row(call_id)  # a concurrent settle of the same call committed first
+            if first is None:  # pragma: no cover - the unique key was not call_id
+                raise
+            return Settlement(first, False)
+        except pw.DatabaseError as exc:
+            if routines.FALLBACK not in str(exc):
+                raise
+            return None
+        if status == "recorded":
+            first = self.usage_row(call_id)
+            return Settlement(first, False) if first is not None else None
+        if status != "settled":
+            return None
+        self._forget(call_id)
+        after = tuple(
+            Standing(t, int(s), int(r), int(c)) for t, s, r, c in zip(current, spent, reserved, carry, strict=True)
+        )
+        return Settlement({**row, "recorded_at": naive(moment)}, True, after)
+
     # -- reserve ----------------------------------------------------------------------------
 
     def _call_state(self, call_id: str) -> tuple[bool, bool]:
@@ -473,6 +635,10 @@ class Ledger:
         """
         if amount_units > MAX_STORED:
             raise StoreRangeError(f"an estimate of {amount_units} units is beyond what the store can total")
+        if targets and rates is None and self._use_routines():
+            fast = self._reserve_on_server(call_id, targets, amount_units, now, expires_at, decide)
+            if fast is not None:
+                return fast
 
         def work() -> Reserved:
             held, recorded = self._call_state(call_id)
@@ -507,12 +673,16 @@ class Ledger:
             return Reserved(standings, Reservation.HELD)
 
         if not self._unsynced_holds:
-            return run_in_transaction(self.db, work)
-        self.db.execute_sql("PRAGMA synchronous = NORMAL")
-        try:
-            return run_in_transaction(self.db, work)
-        finally:
-            self.db.execute_sql("PRAGMA synchronous = FULL")
+            result = run_in_transaction(self.db, work)
+        else:
+            self.db.execute_sql("PRAGMA synchronous = NORMAL")
+            try:
+                result = run_in_transaction(self.db, work)
+            finally:
+                self.db.execute_sql("PRAGMA synchronous = FULL")
+        if result.outcome is Reservation.HELD and self._routines and amount_units and targets:
+            self._admit(call_id, now)
+        return result
 
     def _take_rates(self, rates: Sequence[Rate], amount_units: int) -> Rate | None:
         """Count this call in each throttle's minute, or return the first whose minute is used up."""
@@ -642,6 +812,12 @@ class Ledger:
         missing = [c for c in USAGE_COLUMNS if c not in row]
         if missing:
             raise ValueError(f"usage row lacks {missing}")
+        if self._use_routines():
+            if callable(row["lineage_json"]):
+                row["lineage_json"] = row["lineage_json"]()
+            fast = self._settle_on_server(call_id, cost_units, row, targets)
+            if fast is not None:
+                return fast
 
         def work() -> Settlement:
             # A concurrent settle of this call waits here. A repeated one finds no holds
@@ -674,6 +850,7 @@ class Ledger:
             after = self._standings(current, ids, changed) if current else []
             return Settlement(stored, True, tuple(after))
 
+        self._forget(call_id)
         try:
             # Settlements arriving together from several threads share one durable commit.
             return (run_grouped if self.group_commit else run_in_transaction)(self.db, work)
@@ -716,6 +893,8 @@ class Ledger:
 
     def release(self, call_id: str) -> int:
         """Drop a call's holds without spend (the call failed or was blocked elsewhere)."""
+
+        self._forget(call_id)
 
         def work() -> int:
             holds = self._holds("call_id = ?", (call_id,))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import peewee as pw
 
+from . import routines
 from .models import ScopeLink, exact_collation
 
 #: The tables of schema version 1 (fixed: later tables are created exact from the start).
@@ -90,4 +91,13 @@ def policy_options_and_counter_parts(db: pw.Database) -> None:
         db.execute_sql(f"DROP INDEX {quote}{old}{quote}{on}")
 
 
-__all__ = ["V1_TABLES", "exact_text", "inexact_columns", "policy_options_and_counter_parts"]
+def server_routines(db: pw.Database) -> None:
+    """3 -> 4: the server-side reserve and settle routines (PostgreSQL, MariaDB; see ``store/routines.py``).
+
+    Where the server refuses to create them the step still completes (with a warning):
+    the ledger then keeps its Python path. Nothing to do on SQLite.
+    """
+    routines.install(db)
+
+
+__all__ = ["V1_TABLES", "exact_text", "inexact_columns", "policy_options_and_counter_parts", "server_routines"]

@@ -14,7 +14,7 @@ db_proxy = pw.DatabaseProxy()
 #: 2: every text column compares exactly on MariaDB/MySQL too (``store.migrations``).
 #: 3: policies keep sub-limits and throttle settings (``options_json``); counters have a ``part``; scope
 #:    hierarchy links (``budget_scope_link``) and the ancestors each call was attributed to (``lineage_json``).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Binary collations of MariaDB/MySQL, best first. Text must compare exactly (``'acme' != 'ACME'``,
 #: ``'acme' != 'acme '``) as it does on PostgreSQL and SQLite; ``utf8mb4_bin`` alone is not enough:

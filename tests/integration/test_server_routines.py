@@ -1,0 +1,312 @@
+"""The server-side reserve and settle routines (issue #12) on PostgreSQL and MariaDB.
+
+A call in the steady state is one statement to reserve and one to settle, with no BEGIN/COMMIT of the
+client's; everything the routines cannot do (a counter that does not exist yet, a policy that lets a call
+over its limit, a hold taken by another process, an expired hold, a vanished counter) is handed to the
+Python path with nothing written, and the money comes out the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import peewee as pw
+import pytest
+
+from atlas_budget_plugin import BudgetServices, BudgetSettings, bootstrap
+from atlas_budget_plugin.store import routines
+from atlas_budget_plugin.store.models import Hold, SpendCounter, UsageRow
+from atlas_budget_plugin.types import Actor
+from hookspecs import LLMCall, LLMUsage
+
+from ..backends import server_url
+from ..conftest import FakeClock
+
+ADMIN = Actor(id="root", tenant="default", roles=frozenset({"budget:admin"}))
+SERVERS = [pytest.param("postgres", marks=pytest.mark.postgres), pytest.param("mysql", marks=pytest.mark.mysql)]
+NANO = Decimal(10) ** 9
+
+
+@pytest.fixture(params=SERVERS)
+def url(request: pytest.FixtureRequest) -> str:
+    return server_url(request.param)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(datetime(2026, 3, 10, 12, 30, tzinfo=timezone.utc))
+
+
+@pytest.fixture
+def make(url: str, clock: FakeClock, tmp_path: Path) -> Iterator[Any]:
+    made: list[BudgetServices] = []
+
+    def build(**overrides: Any) -> BudgetServices:
+        overrides.setdefault("spool_path", tmp_path / f"spool{len(made)}.jsonl")
+        services = bootstrap(BudgetSettings.load(None, database_url=url, **overrides), clock=clock)
+        made.append(services)
+        return services
+
+    yield build
+    for services in made:
+        services.close()
+
+
+def call(call_id: str, cost: str = "0.01", **kw: Any) -> LLMCall:
+    kw.setdefault("actor", "alice")
+    return LLMCall(call_id=call_id, provider="openai", model="gpt-4o", estimated_cost=Decimal(cost), **kw)
+
+
+def spend(cost: str) -> LLMUsage:
+    return LLMUsage(input_tokens=10, output_tokens=10, cost=Decimal(cost))
+
+
+def run(services: BudgetServices, call_id: str, estimate: str = "0.01", cost: str = "0.01", **kw: Any) -> bool:
+    """pre + post of one call; whether it was allowed."""
+    operation = call(call_id, estimate, **kw)
+    decision = services.policies.check_budget(operation)
+    if decision.allowed:
+        services.tracking.record_call(operation, spend(cost))
+    return decision.allowed
+
+
+@contextmanager
+def statements(services: BudgetServices) -> Iterator[list[str]]:
+    """Every statement and transaction command the services send while the block runs."""
+    seen: list[str] = []
+    db = services.db
+    execute, begin, commit = db.execute_sql, db.begin, db.commit
+
+    def spy_execute(sql: str, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+        seen.append(sql.strip().split("(")[0][:100])
+        return execute(sql, params, *args, **kwargs)
+
+    def spy_begin(*args: Any, **kwargs: Any) -> Any:
+        seen.append("BEGIN")
+        return begin(*args, **kwargs)
+
+    def spy_commit(*args: Any, **kwargs: Any) -> Any:
+        seen.append("COMMIT")
+        return commit(*args, **kwargs)
+
+    db.execute_sql, db.begin, db.commit = spy_execute, spy_begin, spy_commit  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        del db.execute_sql, db.begin, db.commit
+
+
+def ledger_statements(seen: list[str]) -> list[str]:
+    """The statements of the ledger (without the policy cache's generation check)."""
+    return [s for s in seen if "budget_meta" not in s]
+
+
+def counter_rows(services: BudgetServices, name: str) -> dict[datetime, tuple[Decimal, Decimal]]:
+    policy = services.policies.repository.by_name("default", name)
+    assert policy is not None
+    with services.db.bind_ctx([SpendCounter]):
+        rows = list(SpendCounter.select().where(SpendCounter.policy_id == policy.id, SpendCounter.part == ""))
+    return {r.window_start: (Decimal(r.spent_units) / NANO, Decimal(r.reserved_units) / NANO) for r in rows}
+
+
+def recorded(services: BudgetServices) -> Decimal:
+    with services.db.bind_ctx([UsageRow]):
+        return Decimal(sum(r.cost_units for r in UsageRow.select())) / NANO
+
+
+def holds(services: BudgetServices) -> int:
+    with services.db.bind_ctx([Hold]):
+        return int(Hold.select().count())
+
+
+def test_the_routines_are_installed_with_the_schema(make: Any) -> None:
+    services = make()
+    assert routines.present(services.db)
+
+
+def test_a_call_takes_one_statement_to_reserve_and_one_to_settle(make: Any, clock: FakeClock) -> None:
+    services = make()
+    for name, period in [("h", "hour"), ("d", "day"), ("m", "month"), ("r", "rolling:24h"), ("t", "total")]:
+        services.policies.create_policy(ADMIN, {"name": name, "period": period, "limit": "100"})
+    services.policies.create_policy(
+        ADMIN, {"name": "carry", "period": "week", "limit": "100", "rollover_cap": "10", "scope": {"actor": "alice"}}
+    )
+    assert run(services, "warm-1")  # the first call of a window creates the counters (the Python path)
+    with statements(services) as seen:
+        assert run(services, "steady")
+    assert ledger_statements(seen) == [
+        f"SELECT status, spent, reserved, carry FROM {routines.RESERVE}",
+        f"SELECT status, spent, reserved, carry FROM {routines.SETTLE}",
+    ] or ledger_statements(seen) == [f"CALL {routines.RESERVE}", f"CALL {routines.SETTLE}"]
+    assert "BEGIN" not in seen and "COMMIT" not in seen
+    assert all(spent == Decimal("0.02") and held == 0 for spent, held in counter_rows(services, "h").values())
+    assert recorded(services) == Decimal("0.02") and holds(services) == 0
+
+
+def test_a_denial_costs_one_statement_and_writes_nothing(make: Any) -> None:
+    services = make()
+    services.policies.create_policy(ADMIN, {"name": "tight", "period": "day", "limit": "0.025"})
+    assert run(services, "a") and run(services, "b")
+    with statements(services) as seen:
+        assert not run(services, "c")
+    assert len(ledger_statements(seen)) == 1 and "BEGIN" not in seen
+    assert holds(services) == 0 and recorded(services) == Decimal("0.02")
+    decision = services.policies.check_budget(call("d"))
+    assert not decision.allowed and "tight" in decision.reason and decision.deciding_policy == "tight"
+
+
+@pytest.mark.parametrize("enforcement", ["warn", "soft_block"])
+def test_a_policy_that_lets_a_call_over_its_limit_takes_the_python_path(make: Any, enforcement: str) -> None:
+    services = make()
+    services.policies.create_policy(
+        ADMIN, {"name": "soft", "period": "day", "limit": "0.015", "enforcement": enforcement}
+    )
+    tags = {"budget_override": "soft"} if enforcement == "soft_block" else {}
+    assert run(services, "a", tags=tags)
+    operation = call("b", tags=tags)
+    decision = services.policies.check_budget(operation)
+    assert decision.allowed and decision.warnings
+    assert holds(services) == 1  # held over the limit, as the policy allows
+    services.tracking.record_call(operation, spend("0.01"))
+    assert [v for v in counter_rows(services, "soft").values()] == [(Decimal("0.02"), Decimal(0))]
+
+
+def test_a_hold_taken_by_another_process_is_settled_on_its_own_window(make: Any, clock: FakeClock) -> None:
+    first, second = make(), make()
+    first.policies.create_policy(ADMIN, {"name": "hourly", "period": "hour", "limit": "10"})
+    assert run(first, "warm")
+    operation = call("x")
+    assert first.policies.check_budget(operation).allowed
+    admitted = clock()
+    clock.advance(hours=1)  # settled in the next hour, by another process
+    record = second.tracking.record_call(operation, spend("0.5"))
+    assert record.recorded_at == admitted.replace(microsecond=0) or record.recorded_at == admitted
+    rows = counter_rows(second, "hourly")
+    assert rows[admitted.replace(minute=0, second=0, microsecond=0, tzinfo=None)] == (Decimal("0.51"), Decimal(0))
+    assert holds(second) == 0
+
+
+def test_an_expired_hold_is_charged_once_when_the_call_ends(make: Any, clock: FakeClock) -> None:
+    services = make(reservation_ttl=60)
+    services.policies.create_policy(ADMIN, {"name": "daily", "period": "day", "limit": "10"})
+    assert run(services, "warm")
+    operation = call("late")
+    assert services.policies.check_budget(operation).allowed
+    clock.advance(minutes=5)
+    assert services.ledger.expire(clock()) == 1
+    services.tracking.record_call(operation, spend("0.3"))
+    services.tracking.record_call(operation, spend("0.3"))  # a repeated post changes nothing
+    assert list(counter_rows(services, "daily").values()) == [(Decimal("0.31"), Decimal(0))]
+    assert recorded(services) == Decimal("0.31") and holds(services) == 0
+
+
+def test_rollover_reads_the_previous_window_and_keeps_its_counter(make: Any, clock: FakeClock) -> None:
+    services = make()
+    clock.advance(days=-1)
+    services.policies.create_policy(ADMIN, {"name": "carry", "period": "day", "limit": "1", "rollover_cap": "0.5"})
+    clock.advance(days=1)  # no call in the policy's first day: its whole budget is unused
+    assert run(services, "first")  # the previous day's counter is made from what was recorded (nothing)
+    assert len(counter_rows(services, "carry")) == 2
+    with statements(services) as seen:
+        decision = services.policies.check_budget(call("second", "0.9"))
+    assert len(ledger_statements(seen)) == 1
+    assert decision.allowed and decision.standings[0].limit == Decimal("1.5")
+    assert not services.policies.check_budget(call("third", "0.9")).allowed  # 0.01 + 0.9 held + 0.9 > 1.5
+
+
+def test_rolling_windows_sum_the_hours_in_them(make: Any, clock: FakeClock) -> None:
+    services = make()
+    services.policies.create_policy(ADMIN, {"name": "roll", "period": "rolling:3h", "limit": "1"})
+    for hour in range(4):
+        assert run(services, f"h{hour}", "0.3", "0.3")
+        clock.advance(hours=1)
+    # now 16:30: the window is 13:30..16:30 by hour buckets 14..16 -> the calls of 14:30 and 15:30 count
+    decision = services.policies.check_budget(call("now", "0.4"))
+    assert decision.standings[0].spent == Decimal("0.6") and decision.allowed
+    assert not services.policies.check_budget(call("over", "0.01")).allowed  # 0.6 + 0.4 held + 0.01 > 1
+
+
+def test_a_counter_vanishing_under_a_settlement_undoes_it_and_the_python_path_records_it(
+    make: Any, clock: FakeClock
+) -> None:
+    services = make()
+    clock.advance(days=-1)
+    services.policies.create_policy(ADMIN, {"name": "carry", "period": "day", "limit": "1", "rollover_cap": "0.5"})
+    clock.advance(days=1)
+    assert run(services, "first")
+    operation = call("x")
+    assert services.policies.check_budget(operation).allowed
+    yesterday = datetime(2026, 3, 9)
+    with services.db.bind_ctx([SpendCounter]):
+        assert SpendCounter.delete().where(SpendCounter.window_start == yesterday).execute() == 1
+    with statements(services) as seen:
+        services.tracking.record_call(operation, spend("0.2"))
+    assert "BEGIN" in seen  # the routine undid its work and the Python path did it
+    rows = counter_rows(services, "carry")
+    assert rows[datetime(2026, 3, 10)] == (Decimal("0.21"), Decimal(0)) and rows[yesterday] == (Decimal(0), Decimal(0))
+    assert recorded(services) == Decimal("0.21")
+
+
+def test_threads_never_overspend_and_leave_no_hold(make: Any) -> None:
+    services = make()
+    services.policies.create_policy(ADMIN, {"name": "shared", "period": "day", "limit": "1"})
+    services.policies.create_policy(ADMIN, {"name": "mine", "period": "hour", "limit": "0.7", "scope": {"actor": "a1"}})
+    assert run(services, "warm", "0.01", "0.01", actor="a1") and run(services, "warm2", "0.01", "0.01", actor="a2")
+    allowed: list[bool] = []
+
+    def worker(n: int) -> None:
+        for i in range(15):
+            allowed.append(run(services, f"t{n}-{i}", "0.02", "0.02", actor=f"a{n % 2 + 1}"))
+        services.db.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    total = recorded(services)
+    assert total <= Decimal(1) and total == Decimal("0.02") * (sum(allowed) + 1)
+    assert not all(allowed) and holds(services) == 0
+    assert list(counter_rows(services, "shared").values()) == [(total, Decimal(0))]
+
+
+def test_without_the_routines_every_call_takes_the_python_path(
+    make: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    services = make()
+    original = services.db.execute_sql
+
+    def refuse(sql: str, *args: Any, **kwargs: Any) -> Any:
+        if sql.lstrip().startswith("CREATE OR REPLACE"):
+            raise pw.ProgrammingError("permission denied to create a routine")
+        return original(sql, *args, **kwargs)
+
+    monkeypatch.setattr(services.db, "execute_sql", refuse)
+    with caplog.at_level(logging.WARNING):
+        assert routines.install(services.db) is False
+    assert "grant CREATE ROUTINE" in caplog.text
+    monkeypatch.undo()
+    services.ledger._routines = False
+    services.policies.create_policy(ADMIN, {"name": "daily", "period": "day", "limit": "10"})
+    assert run(services, "a")
+    with statements(services) as seen:
+        assert run(services, "b")
+    assert "BEGIN" in seen and not any("atlas_budget_" in s for s in seen)
+    assert list(counter_rows(services, "daily").values()) == [(Decimal("0.02"), Decimal(0))]
+
+
+def test_routine_answers_carry_exact_integers() -> None:
+    assert routines.decode("mysql", ("hold", "[1, 4611686018427387904]", "[0, 0]", "[0, 0]")) == (
+        "hold",
+        [1, 4611686018427387904],
+        [0, 0],
+        [0, 0],
+    )
+    assert routines.decode("postgres", ("check", [Decimal(3)], [Decimal(0)], [Decimal(0)]))[1] == [3]
