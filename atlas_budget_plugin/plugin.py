@@ -12,6 +12,7 @@ from hookspecs import LLMCall, LLMUsage, Verdict, hookimpl
 
 from .bootstrap import BudgetServices, bootstrap
 from .exceptions import BudgetError, SettingsError, StoreUnavailable
+from .pricing import estimate_basis
 from .scheduler import BackgroundEvaluator
 from .store.database import STORE_ERRORS, reset_connection
 from .types import BudgetDecision
@@ -25,8 +26,6 @@ MAX_OPEN_SECONDS = 86_400
 
 
 def to_verdict(decision: BudgetDecision) -> Verdict:
-    from .pricing import estimate_basis
-
     details = {
         "estimated_cost": decision.estimated_cost,
         "price_source": decision.price_source,

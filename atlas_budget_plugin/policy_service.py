@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from math import ceil
+from operator import attrgetter
 from typing import Any
 
 import peewee as pw
@@ -26,6 +27,7 @@ from .store import Ledger, Rate, Reservation, Standing, StoreRangeError, Target,
 from .store.repository import PolicyRepository
 from .types import (
     CALL_DIMENSIONS,
+    MAX_TEXT,
     Actor,
     BudgetDecision,
     BudgetLimitEvent,
@@ -35,6 +37,7 @@ from .types import (
     PolicyStanding,
     Scope,
     check_call,
+    check_text,
     is_store_id,
     policy_filters,
     scope_arg,
@@ -52,51 +55,64 @@ _COUNTED_FIELDS = ("scope", "period", "timezone", "enabled", "tenant", "provider
 
 _new_standing = maker(PolicyStanding)
 
-#: Values of calls that passed :func:`check_call` in ``pre_llm_call`` and have not been recorded yet.
+#: Every field of a call but its id and tags, as one tuple (read in C).
+_shape_of = attrgetter(*(f.name for f in fields(LLMCall) if f.name not in ("call_id", "tags")))
+#: Shapes of calls (all values but the id) that passed :func:`check_call`.
+_good_shapes: dict[tuple[Any, ...], None] = {}
+#: (call id, shape) of calls that passed :func:`check_call` before the call and have not been recorded yet.
 _passed: dict[tuple[Any, ...], None] = {}
 
 
-def _call_values(call: LLMCall) -> tuple[Any, ...] | None:
-    """Every value :func:`check_call` looks at (it depends on nothing else), or None when one cannot be a key."""
+def _shape(call: LLMCall) -> tuple[Any, ...] | None:
+    """The values :func:`check_call` looks at besides the call id, or None when they cannot be a key."""
     try:
-        values = (
-            call.call_id,
-            call.tenant,
-            call.provider,
-            call.model,
-            call.operation,
-            call.actor,
-            call.category,
-            call.input_tokens,
-            call.max_output_tokens,
-            call.estimated_cost,
-            *call.tags.items(),
-        )
-        hash(values)
+        shape = (_shape_of(call), *call.tags.items())
+        hash(shape)
     except TypeError:
         return None
-    return values
+    return shape
+
+
+def _forget_when_full(memo: dict[tuple[Any, ...], None]) -> None:
+    if len(memo) >= 10_000:  # many call shapes, or calls never recorded (their host died): check them anew
+        memo.clear()
 
 
 def unstorable(call: LLMCall) -> str | None:
-    """Why the store could not record ``call``, or None: checked before any money is spent on it."""
-    try:
-        check_call(call)
-    except ValidationError as exc:
-        return str(exc)
-    values = _call_values(call)
-    if values is not None:
-        if len(_passed) >= 10_000:  # calls never recorded (their host died): forget them, they are checked anew
-            _passed.clear()
-        _passed[values] = None
+    """Why the store could not record ``call``, or None: checked before any money is spent on it.
+
+    :func:`check_call` checks each field on its own, so a call whose other fields are those of a call
+    that passed needs only its id checked (any failure is reported by the full check, as always).
+    """
+    shape = _shape(call)
+    if shape is None or shape not in _good_shapes or not _good_id(call.call_id):
+        try:
+            check_call(call)
+        except ValidationError as exc:
+            return str(exc)
+        if shape is None:
+            return None
+        _forget_when_full(_good_shapes)
+        _good_shapes[shape] = None
+    _forget_when_full(_passed)
+    _passed[(call.call_id, shape)] = None
     return None
+
+
+def _good_id(call_id: str) -> bool:
+    """``call_id`` passes check_call's test of the call id."""
+    try:
+        check_text(call_id, "LLMCall.call_id", MAX_TEXT, min_length=1)
+    except ValueError:
+        return False
+    return True
 
 
 def check_recorded_call(call: LLMCall) -> None:
     """:func:`check_call` for a call being recorded: a call with exactly these values already passed it in
     :func:`unstorable` (the check depends on nothing but the values), so it is not run twice."""
-    values = _call_values(call)
-    if values is None or _passed.pop(values, False) is False:
+    shape = _shape(call)
+    if shape is None or _passed.pop((call.call_id, shape), False) is False:
         check_call(call)
 
 
@@ -501,7 +517,7 @@ class BudgetPolicyService:
         # in another process must count this call, or its counter would miss it.
         return list(self._plan(call).targets(call, now))
 
-    def _standing(self, policy: Policy, standing: Standing, requested: int) -> PolicyStanding:
+    def _standing(self, policy: Policy, standing: Standing, requested: int | Decimal) -> PolicyStanding:
         # Built from values the store already checked, on every call: skip re-validation.
         target = standing.target
         part = target.part
@@ -514,7 +530,7 @@ class BudgetPolicyService:
             from_units(standing.limit_units),
             from_units(standing.spent_units),
             from_units(standing.reserved_units),
-            from_units(requested),
+            requested if isinstance(requested, Decimal) else from_units(requested),
         )
 
     def _blocks(self, standing: PolicyStanding, call: LLMCall) -> bool:
@@ -594,7 +610,8 @@ class BudgetPolicyService:
         numbers: list[tuple[int, int, int]] = []
 
         def decide(standings: list[Standing]) -> bool:
-            views[:] = [self._standing(by_id[s.target.policy_id], s, units) for s in standings]
+            requested = from_units(units)
+            views[:] = [self._standing(by_id[s.target.policy_id], s, requested) for s in standings]
             numbers[:] = [
                 (s.limit_units - used - units, used, s.limit_units)
                 for s in standings
