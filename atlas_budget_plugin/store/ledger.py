@@ -168,6 +168,7 @@ class Reservation(enum.Enum):
     DENIED = "denied"  # ``decide`` said no: nothing held
     RECORDED = "recorded"  # this call id was already recorded: a finished call cannot hold again
     THROTTLED = "throttled"  # a throttle's rate for this minute is used up: nothing held
+    STALE = "stale"  # the policies the targets came from changed since (``generation``): nothing held
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,9 @@ class Ledger:
         self._routines: bool | None = False if self.sqlite else None
         self._admitted: dict[str, datetime] = {}
         self._admitted_lock = threading.Lock()
+        #: Called when a routine finds that the policy generation a caller matched against has moved on
+        #: (the policy cache then reloads); set by ``bootstrap`` to the repository's ``forget``.
+        self.policies_changed: Callable[[], None] = lambda: None
 
     # -- SQL helpers ------------------------------------------------------------------------
 
@@ -544,10 +548,14 @@ class Ledger:
         now: datetime,
         expires_at: datetime,
         decide: Callable[[list[Standing]], bool],
+        generation: int | None,
     ) -> Reserved | None:
         """``reserve`` in one round trip; None when the Python path must do it (nothing was written then)."""
-        params = [call_id, amount_units, naive(now), naive(expires_at), *self._routine_targets(targets)]
+        params = [call_id, amount_units, naive(now), naive(expires_at), *self._routine_targets(targets), generation]
         status, spent, reserved, carry = self._call_routine(routines.RESERVE, params)
+        if status == "stale":
+            self.policies_changed()
+            return Reserved([], Reservation.STALE)
         if status in ("missing", "range"):
             return None
         standings = [
@@ -566,7 +574,12 @@ class Ledger:
         return None  # pragma: no cover
 
     def _settle_on_server(
-        self, call_id: str, cost_units: int, row: dict[str, Any], targets: Callable[[datetime], Sequence[Target]]
+        self,
+        call_id: str,
+        cost_units: int,
+        row: dict[str, Any],
+        targets: Callable[[datetime], Sequence[Target]],
+        generation: int | None,
     ) -> Settlement | None:
         """``settle`` in one round trip; None when the Python path must do it (nothing was written then)."""
         held_at = self._admitted.get(call_id)
@@ -581,6 +594,7 @@ class Ledger:
             naive(moment),
             *self._routine_targets(current),
             *(row[c] for c in routines.SETTLE_USAGE_COLUMNS),
+            generation,
         ]
         try:
             status, spent, reserved, carry = self._call_routine(routines.SETTLE, params)
@@ -596,6 +610,8 @@ class Ledger:
         if status == "recorded":
             first = self.usage_row(call_id)
             return Settlement(first, False) if first is not None else None
+        if status == "stale":
+            self.policies_changed()  # the Python path asks ``targets`` again, from reloaded policies
         if status != "settled":
             return None
         self._forget(call_id)
@@ -624,6 +640,7 @@ class Ledger:
         expires_at: datetime,
         decide: Callable[[list[Standing]], bool],
         rates: Callable[[list[Standing]], Sequence[Rate]] | None = None,
+        generation: int | None = None,
     ) -> Reserved:
         """Check and hold ``amount_units`` on every target, or on none.
 
@@ -631,12 +648,15 @@ class Ledger:
         then names the throttles that apply, each checked and counted in the same
         transaction. A repeated call with the same ``call_id`` does not hold twice; a
         ``call_id`` that was already recorded holds nothing (:attr:`Reservation.RECORDED`).
+        ``generation`` is the policy generation the targets were matched under: where the server
+        checks it (PostgreSQL, MariaDB) a moved generation holds nothing and answers
+        :attr:`Reservation.STALE`, so the caller matches again instead of asking the store first.
         :return: the standings before the hold, and what was done.
         """
         if amount_units > MAX_STORED:
             raise StoreRangeError(f"an estimate of {amount_units} units is beyond what the store can total")
         if targets and rates is None and self._use_routines():
-            fast = self._reserve_on_server(call_id, targets, amount_units, now, expires_at, decide)
+            fast = self._reserve_on_server(call_id, targets, amount_units, now, expires_at, decide, generation)
             if fast is not None:
                 return fast
 
@@ -793,6 +813,7 @@ class Ledger:
         cost_units: int,
         usage: dict[str, Any],
         targets: Callable[[datetime], Sequence[Target]],
+        generation: int | None = None,
     ) -> Settlement:
         """Record a call's usage once and turn its holds into spend, in one transaction.
 
@@ -802,7 +823,8 @@ class Ledger:
         holds are released from the counters they were taken on. A second call with
         the same ``call_id`` changes nothing and returns the first record. The
         settlement carries the standings of the charged policies after the spend,
-        for threshold announcements.
+        for threshold announcements. ``generation``: as for :meth:`reserve`; a moved one
+        reloads the policies (``policies_changed``) and asks ``targets`` again.
         """
         if cost_units < 0:
             raise ValueError(f"cost must not be negative, got {cost_units} units")
@@ -815,7 +837,7 @@ class Ledger:
         if self._use_routines():
             if callable(row["lineage_json"]):
                 row["lineage_json"] = row["lineage_json"]()
-            fast = self._settle_on_server(call_id, cost_units, row, targets)
+            fast = self._settle_on_server(call_id, cost_units, row, targets, generation)
             if fast is not None:
                 return fast
 
@@ -895,6 +917,9 @@ class Ledger:
         """Drop a call's holds without spend (the call failed or was blocked elsewhere)."""
 
         self._forget(call_id)
+        # Most released calls were denied and hold nothing: one plain read then, no write transaction.
+        if not self._sql(f"SELECT 1 FROM {_HOLD} WHERE call_id = ?", (call_id,)).fetchone():
+            return 0
 
         def work() -> int:
             holds = self._holds("call_id = ?", (call_id,))

@@ -119,7 +119,7 @@ _PG_LOCK = """
 
 _PG_RESERVE = f"""
 CREATE OR REPLACE FUNCTION {RESERVE}(
-    p_call text, p_amount bigint, p_now timestamp, p_expires timestamp, {_TARGET_PARAMS},
+    p_call text, p_amount bigint, p_now timestamp, p_expires timestamp, {_TARGET_PARAMS}, p_generation bigint,
     OUT status text, OUT spent numeric[], OUT reserved numeric[], OUT carry numeric[])
 LANGUAGE plpgsql AS $body$
 DECLARE
@@ -130,6 +130,10 @@ DECLARE
     locked int;
     ok boolean;
 BEGIN
+    IF p_generation IS NOT NULL AND p_generation IS DISTINCT FROM (SELECT value FROM budget_meta WHERE name = 'policy_generation') THEN
+        status := 'stale';  -- the caller matched the call against policies that have changed since
+        RETURN;
+    END IF;
     {_PG_LOCK}
     SELECT s.ok, s.spent, s.reserved, s.carry INTO ok, spent, reserved, carry
       FROM {STANDING}(p_policy, p_part, p_key, p_from, p_to, p_limit, p_cap, p_prev) AS s;
@@ -171,7 +175,7 @@ CREATE OR REPLACE FUNCTION {SETTLE}(
     p_call text, p_cost bigint, p_moment timestamp, p_recorded timestamp, {_TARGET_PARAMS},
     p_tenant text, p_actor text, p_provider text, p_model text, p_operation text, p_category text,
     p_tags text, p_input bigint, p_output bigint, p_cache_read bigint, p_cache_write bigint,
-    p_units text, p_source text, p_error text, p_lineage text,
+    p_units text, p_source text, p_error text, p_lineage text, p_generation bigint,
     OUT status text, OUT spent numeric[], OUT reserved numeric[], OUT carry numeric[])
 LANGUAGE plpgsql AS $body$
 DECLARE
@@ -184,6 +188,10 @@ DECLARE
     ok boolean;
     v_hour timestamp := date_trunc('hour', p_recorded);
 BEGIN
+    IF p_generation IS NOT NULL AND p_generation IS DISTINCT FROM (SELECT value FROM budget_meta WHERE name = 'policy_generation') THEN
+        status := 'stale';  -- the caller matched the call against policies that have changed since
+        RETURN;
+    END IF;
     SELECT min(h.created_at), coalesce(array_agg(h.counter_id), '{{}}') INTO first_hold, also FROM (
         SELECT created_at, counter_id FROM budget_hold WHERE call_id = p_call ORDER BY counter_id, id FOR UPDATE
     ) AS h;
@@ -380,13 +388,18 @@ _MY_HANDLER = """
 
 _MY_RESERVE = f"""
 CREATE OR REPLACE PROCEDURE {RESERVE}(
-    p_call VARCHAR(200), amount BIGINT, p_now DATETIME, p_expires DATETIME, p_targets LONGTEXT)
+    p_call VARCHAR(200), amount BIGINT, p_now DATETIME, p_expires DATETIME, p_targets LONGTEXT,
+    p_generation BIGINT)
 BEGIN
     {_MY_DECLARE}
     {_MY_HANDLER}
     SET SESSION group_concat_max_len = 1048576;
     START TRANSACTION;
     body: BEGIN
+        IF p_generation IS NOT NULL AND NOT (p_generation <=> (SELECT value FROM budget_meta WHERE name = 'policy_generation')) THEN
+            SET status = 'stale';  -- the caller matched the call against policies that have changed since
+            LEAVE body;
+        END IF;
         {_MY_LOCK}
         {_MY_STANDINGS}
         IF bad > 0 THEN
@@ -430,7 +443,7 @@ CREATE OR REPLACE PROCEDURE {SETTLE}(
     p_tenant VARCHAR(200), p_actor VARCHAR(200), p_provider VARCHAR(100), p_model VARCHAR(200),
     p_operation VARCHAR(50), p_category VARCHAR(100), p_tags LONGTEXT, p_input BIGINT, p_output BIGINT,
     p_cache_read BIGINT, p_cache_write BIGINT, p_units LONGTEXT, p_source VARCHAR(255), p_error LONGTEXT,
-    p_lineage LONGTEXT)
+    p_lineage LONGTEXT, p_generation BIGINT)
 BEGIN
     {_MY_DECLARE}
     DECLARE first_hold DATETIME;
@@ -439,6 +452,10 @@ BEGIN
     SET SESSION group_concat_max_len = 1048576;
     START TRANSACTION;
     body: BEGIN
+        IF p_generation IS NOT NULL AND NOT (p_generation <=> (SELECT value FROM budget_meta WHERE name = 'policy_generation')) THEN
+            SET status = 'stale';  -- the caller matched the call against policies that have changed since
+            LEAVE body;
+        END IF;
         SELECT MIN(created_at), GROUP_CONCAT(counter_id) INTO first_hold, also_ids
           FROM budget_hold WHERE call_id = p_call FOR UPDATE;
         IF EXISTS (SELECT 1 FROM budget_usage WHERE call_id = p_call) THEN

@@ -310,3 +310,32 @@ def test_routine_answers_carry_exact_integers() -> None:
         [0, 0],
     )
     assert routines.decode("postgres", ("check", [Decimal(3)], [Decimal(0)], [Decimal(0)]))[1] == [3]
+
+
+def test_a_moved_policy_generation_is_answered_stale_and_nothing_is_written(make: Any, clock: FakeClock) -> None:
+    services = make()
+    services.policies.create_policy(ADMIN, {"name": "daily", "period": "day", "limit": "10"})
+    assert run(services, "warm")
+    current = services.policies.repository.generation()
+    reloaded: list[bool] = []
+    services.ledger.policies_changed = lambda: reloaded.append(True)
+    operation = call("x")
+    targets = services.tracking.targets(operation, clock())
+    reserved = services.ledger.reserve(
+        "x", targets, 10**7, clock(), clock(), lambda standings: True, generation=current - 1
+    )
+    assert reserved.outcome.value == "stale" and reloaded == [True] and holds(services) == 0
+    held = services.ledger.reserve("x", targets, 10**7, clock(), clock(), lambda standings: True, generation=current)
+    assert held.outcome.value == "held" and holds(services) == 1
+    row = {
+        "tenant": "default", "actor": "alice", "provider": "openai", "model": "gpt-4o", "operation": "chat",
+        "category": None, "tags_json": "{}", "input_tokens": 1, "output_tokens": 1, "cache_read_tokens": 0,
+        "cache_write_tokens": 0, "units_json": "{}", "price_source": "test", "error": None,
+        "recorded_at": clock().replace(tzinfo=None), "lineage_json": "{}",
+    }  # fmt: skip
+    settled = services.ledger.settle(
+        "x", 2 * 10**7, row, lambda moment: services.tracking.targets(operation, moment), generation=current - 1
+    )
+    assert settled.created and reloaded == [True, True]  # recorded all the same, by the Python path
+    assert list(counter_rows(services, "daily").values()) == [(Decimal("0.03"), Decimal(0))]
+    assert holds(services) == 0
