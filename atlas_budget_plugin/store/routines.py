@@ -130,7 +130,8 @@ DECLARE
     locked int;
     ok boolean;
 BEGIN
-    IF p_generation IS NOT NULL AND p_generation IS DISTINCT FROM (SELECT value FROM budget_meta WHERE name = 'policy_generation') THEN
+    IF p_generation IS NOT NULL
+       AND p_generation IS DISTINCT FROM (SELECT value FROM budget_meta WHERE name = 'policy_generation') THEN
         status := 'stale';  -- the caller matched the call against policies that have changed since
         RETURN;
     END IF;
@@ -188,7 +189,8 @@ DECLARE
     ok boolean;
     v_hour timestamp := date_trunc('hour', p_recorded);
 BEGIN
-    IF p_generation IS NOT NULL AND p_generation IS DISTINCT FROM (SELECT value FROM budget_meta WHERE name = 'policy_generation') THEN
+    IF p_generation IS NOT NULL
+       AND p_generation IS DISTINCT FROM (SELECT value FROM budget_meta WHERE name = 'policy_generation') THEN
         status := 'stale';  -- the caller matched the call against policies that have changed since
         RETURN;
     END IF;
@@ -303,7 +305,10 @@ def install(db: pw.Database) -> bool:
     return True
 
 
-#: MariaDB: the targets arrive as one JSON array of ``[policy_id, part, key, from, to, limit, cap, prev]``.
+#: MariaDB. Reads are ``SELECT ... INTO`` a variable (an ``IF EXISTS (SELECT ...)`` in a procedure takes shared
+#: row locks), and counters are updated by primary key (an UPDATE joined to another table may scan and lock
+#: every counter): both turned into deadlocks under concurrent calls.
+#: The targets arrive as one JSON array of ``[policy_id, part, key, from, to, limit, cap, prev]``.
 _MY_TARGETS = """JSON_TABLE(p_targets, '$[*]' COLUMNS (
         i FOR ORDINALITY, policy_id BIGINT PATH '$[0]', part VARCHAR(250) PATH '$[1]', wkey DATETIME PATH '$[2]',
         wfrom DATETIME PATH '$[3]', wto DATETIME PATH '$[4]', lim DECIMAL(30, 0) PATH '$[5]',
@@ -321,12 +326,9 @@ _MY_LOCK = f"""
     END IF;
     SET lock_ids = NULLIF(CONCAT_WS(',', NULLIF(ids, ''), NULLIF(also_ids, '')), '');
     IF lock_ids IS NOT NULL THEN
-        SET @atlas_budget_lock = CONCAT(
+        EXECUTE IMMEDIATE CONCAT(
             'SELECT COUNT(*) INTO @atlas_budget_locked FROM budget_spend_counter WHERE id IN (', lock_ids,
             ') FOR UPDATE');
-        PREPARE lock_counters FROM @atlas_budget_lock;
-        EXECUTE lock_counters;
-        DEALLOCATE PREPARE lock_counters;
         SELECT COUNT(DISTINCT x.v) INTO wanted
           FROM JSON_TABLE(CONCAT('[', lock_ids, ']'), '$[*]' COLUMNS (v BIGINT PATH '$')) AS x;
         IF @atlas_budget_locked < wanted THEN
@@ -357,7 +359,7 @@ _MY_STANDINGS = f"""
                    t.lim - CAST(p.spent_units AS DECIMAL(30, 0)) - p.reserved_units)) END AS carry,
                t.prev IS NOT NULL AND p.id IS NULL AS bad
           FROM {_MY_TARGETS}
-          JOIN budget_spend_counter AS c ON {_MY_KEY}
+          STRAIGHT_JOIN budget_spend_counter AS c ON {_MY_KEY}
           LEFT JOIN budget_spend_counter AS p
             ON p.policy_id = t.policy_id AND p.part = t.part COLLATE {{collation}} AND p.window_start = t.prev
       ) AS x;
@@ -376,6 +378,8 @@ _MY_DECLARE = """
     DECLARE reserved LONGTEXT DEFAULT NULL;
     DECLARE carry LONGTEXT DEFAULT NULL;
     DECLARE status VARCHAR(16) DEFAULT NULL;
+    DECLARE flag INT;
+    DECLARE generation BIGINT;
 """
 
 _MY_HANDLER = """
@@ -396,7 +400,8 @@ BEGIN
     SET SESSION group_concat_max_len = 1048576;
     START TRANSACTION;
     body: BEGIN
-        IF p_generation IS NOT NULL AND NOT (p_generation <=> (SELECT value FROM budget_meta WHERE name = 'policy_generation')) THEN
+        SELECT value INTO generation FROM budget_meta WHERE name = 'policy_generation';
+        IF p_generation IS NOT NULL AND NOT (p_generation <=> generation) THEN
             SET status = 'stale';  -- the caller matched the call against policies that have changed since
             LEAVE body;
         END IF;
@@ -406,11 +411,13 @@ BEGIN
             SET status = 'missing';
             LEAVE body;
         END IF;
-        IF EXISTS (SELECT 1 FROM budget_hold WHERE call_id = p_call) THEN
+        SELECT COUNT(*) INTO flag FROM budget_hold WHERE call_id = p_call;
+        IF flag > 0 THEN
             SET status = 'held';
             LEAVE body;
         END IF;
-        IF EXISTS (SELECT 1 FROM budget_usage WHERE call_id = p_call) THEN
+        SELECT COUNT(*) INTO flag FROM budget_usage WHERE call_id = p_call;
+        IF flag > 0 THEN
             SET status = 'recorded';
             LEAVE body;
         END IF;
@@ -419,16 +426,19 @@ BEGIN
             LEAVE body;
         END IF;
         IF amount > 0 THEN
-            IF EXISTS (SELECT 1 FROM {_MY_TARGETS} JOIN budget_spend_counter AS c ON {_MY_KEY}
-                        WHERE c.reserved_units > {MAX_STORED} - amount) THEN
+            SELECT COUNT(*) INTO flag FROM {_MY_TARGETS} STRAIGHT_JOIN budget_spend_counter AS c ON {_MY_KEY}
+             WHERE c.reserved_units > {MAX_STORED} - amount;
+            IF flag > 0 THEN
                 SET status = 'range';
                 LEAVE body;
             END IF;
-            UPDATE budget_spend_counter AS c JOIN {_MY_TARGETS} ON {_MY_KEY}
-               SET c.reserved_units = c.reserved_units + amount;
+            SET @atlas_budget_amount = amount;
+            EXECUTE IMMEDIATE CONCAT(
+                'UPDATE budget_spend_counter SET reserved_units = reserved_units + ? WHERE id IN (', ids, ')')
+                USING @atlas_budget_amount;
             INSERT INTO budget_hold (call_id, counter_id, policy_id, amount_units, created_at, expires_at)
             SELECT p_call, c.id, t.policy_id, amount, p_now, p_expires
-              FROM {_MY_TARGETS} JOIN budget_spend_counter AS c ON {_MY_KEY} ORDER BY t.i;
+              FROM {_MY_TARGETS} STRAIGHT_JOIN budget_spend_counter AS c ON {_MY_KEY} ORDER BY t.i;
         END IF;
         SET status = 'hold';
     END;
@@ -448,17 +458,21 @@ BEGIN
     {_MY_DECLARE}
     DECLARE first_hold DATETIME;
     DECLARE v_hour DATETIME;
+    DECLARE back_cases TEXT;
+    DECLARE back_ids TEXT;
     {_MY_HANDLER}
     SET SESSION group_concat_max_len = 1048576;
     START TRANSACTION;
     body: BEGIN
-        IF p_generation IS NOT NULL AND NOT (p_generation <=> (SELECT value FROM budget_meta WHERE name = 'policy_generation')) THEN
+        SELECT value INTO generation FROM budget_meta WHERE name = 'policy_generation';
+        IF p_generation IS NOT NULL AND NOT (p_generation <=> generation) THEN
             SET status = 'stale';  -- the caller matched the call against policies that have changed since
             LEAVE body;
         END IF;
         SELECT MIN(created_at), GROUP_CONCAT(counter_id) INTO first_hold, also_ids
           FROM budget_hold WHERE call_id = p_call FOR UPDATE;
-        IF EXISTS (SELECT 1 FROM budget_usage WHERE call_id = p_call) THEN
+        SELECT COUNT(*) INTO flag FROM budget_usage WHERE call_id = p_call;
+        IF flag > 0 THEN
             SET status = 'recorded';
             LEAVE body;
         END IF;
@@ -467,18 +481,28 @@ BEGIN
             LEAVE body;
         END IF;
         {_MY_LOCK}
-        IF amount > 0 AND EXISTS (SELECT 1 FROM {_MY_TARGETS} JOIN budget_spend_counter AS c ON {_MY_KEY}
-                                   WHERE c.spent_units > {MAX_STORED} - amount) THEN
+        SELECT COUNT(*) INTO flag FROM {_MY_TARGETS} STRAIGHT_JOIN budget_spend_counter AS c ON {_MY_KEY}
+         WHERE c.spent_units > {MAX_STORED} - amount;
+        IF amount > 0 AND flag > 0 THEN
             SET status = 'range';
             LEAVE body;
         END IF;
-        UPDATE budget_spend_counter AS c
-          JOIN (SELECT counter_id, SUM(amount_units) AS back FROM budget_hold
-                 WHERE call_id = p_call GROUP BY counter_id) AS d ON c.id = d.counter_id
-           SET c.reserved_units = c.reserved_units - d.back;
-        IF amount > 0 THEN
-            UPDATE budget_spend_counter AS c JOIN {_MY_TARGETS} ON {_MY_KEY}
-               SET c.spent_units = c.spent_units + amount;
+        IF also_ids IS NOT NULL THEN
+            -- By primary key: a multi-table UPDATE joined to the holds scans (and locks) every counter.
+            SELECT GROUP_CONCAT(CONCAT(' WHEN ', d.counter_id, ' THEN ', d.back) SEPARATOR ''),
+                   GROUP_CONCAT(d.counter_id)
+              INTO back_cases, back_ids
+              FROM (SELECT counter_id, SUM(amount_units) AS back FROM budget_hold
+                     WHERE call_id = p_call GROUP BY counter_id) AS d;
+            EXECUTE IMMEDIATE CONCAT(
+                'UPDATE budget_spend_counter SET reserved_units = reserved_units - CASE id', back_cases,
+                ' END WHERE id IN (', back_ids, ')');
+        END IF;
+        IF amount > 0 AND ids IS NOT NULL THEN
+            SET @atlas_budget_amount = amount;
+            EXECUTE IMMEDIATE CONCAT(
+                'UPDATE budget_spend_counter SET spent_units = spent_units + ? WHERE id IN (', ids, ')')
+                USING @atlas_budget_amount;
         END IF;
         DELETE FROM budget_hold WHERE call_id = p_call;
         INSERT INTO budget_usage (call_id, tenant, actor, provider, model, operation, category, tags_json,
