@@ -137,6 +137,23 @@ class Price:
     source: str
 
 
+#: Catalogue prices of usages already priced: key -> (the catalogue snapshot that priced it, its price).
+_catalogued: dict[tuple[Any, ...], tuple[Any, Price]] = {}
+
+
+def _fixed_price(snapshot: Any, call: LLMCall, usage: LLMUsage) -> bool:
+    """Whether the catalogue prices ``usage`` of ``call``'s model the same at every moment: one price (no
+    dated or time-of-day prices), and no service-tier variants when the usage names a tier. Then a usage
+    priced once keeps its price while the catalogue snapshot is the same. False whenever that cannot be told."""
+    try:
+        _, model = snapshot.find_provider_model(call.model, None, call.provider, None)
+        return isinstance(model.prices, genai_prices.types.ModelPrice) and not (
+            usage.service_tier and model.price_variants
+        )
+    except Exception:
+        return False
+
+
 class Pricer:
     """Prices calls in a fixed order of sources; see :meth:`price`."""
 
@@ -181,6 +198,29 @@ class Pricer:
     def _catalogue(call: LLMCall, usage: LLMUsage) -> Price | None:
         if any(name not in CATALOGUE_UNITS for name in usage.units):
             return None  # the catalogue cannot price these units; an override must
+        snapshot = data_snapshot.get_snapshot()
+        key = (
+            call.provider,
+            call.model,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens,
+            usage.cache_write_tokens,
+            usage.service_tier,
+            *sorted(usage.units.items()),
+        )
+        hit = _catalogued.get(key)
+        if hit is not None and hit[0] is snapshot:
+            return hit[1]
+        price = Pricer._catalogue_price(call, usage)
+        if price is not None and data_snapshot.get_snapshot() is snapshot and _fixed_price(snapshot, call, usage):
+            if len(_catalogued) >= 4096:
+                _catalogued.clear()
+            _catalogued[key] = (snapshot, price)
+        return price
+
+    @staticmethod
+    def _catalogue_price(call: LLMCall, usage: LLMUsage) -> Price | None:
         tokens = genai_prices.Usage(
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,

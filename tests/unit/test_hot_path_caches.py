@@ -229,3 +229,38 @@ def test_warnings_and_deciding_policy_unchanged(services: BudgetServices) -> Non
     )
     fourth = services.policies.check_budget(call(estimated_cost=Decimal("2.40")))
     assert fourth.warnings[1:] == ("this call takes policy 'wide' past 50% of 10.00",)
+
+
+# -- catalogue prices ---------------------------------------------------------------------------------
+
+
+def test_catalogue_prices_are_reused_only_while_they_cannot_change(tmp_path: Any) -> None:
+    from genai_prices import data_snapshot
+
+    from atlas_budget_plugin import BudgetSettings
+    from atlas_budget_plugin.pricing import Pricer, _catalogued
+
+    pricer = Pricer(BudgetSettings.load(None, database_url=f"sqlite:///{tmp_path}/p.db"))
+    usage = LLMUsage(input_tokens=1234, output_tokens=321)
+    gpt = LLMCall(call_id="p1", provider="openai", model="gpt-4o")
+    first = pricer.price(gpt, usage)
+    assert first == pricer._catalogue_price(gpt, usage)  # what the catalogue says, not cached
+    assert pricer.price(gpt, usage) == first
+    key = ("openai", "gpt-4o", 1234, 321, 0, 0, None)
+    assert key in _catalogued
+    # A tier whose variants carry start dates, and a model priced by the time of day: priced afresh each time.
+    tiered = LLMUsage(input_tokens=1234, output_tokens=321, service_tier="priority")
+    deepseek = LLMCall(call_id="p2", provider="deepseek", model="deepseek-chat")
+    assert pricer.price(gpt, tiered) == pricer._catalogue_price(gpt, tiered)
+    assert pricer.price(deepseek, usage).source.startswith("genai-prices")
+    assert ("openai", "gpt-4o", 1234, 321, 0, 0, "priority") not in _catalogued
+    assert ("deepseek", "deepseek-chat", 1234, 321, 0, 0, None) not in _catalogued
+    # Another catalogue snapshot (an update): the prices of the old one are not used.
+    original = data_snapshot.get_snapshot()
+    changed = data_snapshot.DataSnapshot(providers=original.providers, from_auto_update=False)
+    data_snapshot.set_custom_snapshot(changed)
+    try:
+        assert pricer.price(gpt, usage) == first
+        assert _catalogued[key][0] is changed
+    finally:
+        data_snapshot.set_custom_snapshot(None)
