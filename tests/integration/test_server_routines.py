@@ -9,6 +9,7 @@ Python path with nothing written, and the money comes out the same.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ from typing import Any
 
 import peewee as pw
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from atlas_budget_plugin import BudgetServices, BudgetSettings, bootstrap
 from atlas_budget_plugin.store import routines
@@ -339,3 +342,67 @@ def test_a_moved_policy_generation_is_answered_stale_and_nothing_is_written(make
     assert settled.created and reloaded == [True, True]  # recorded all the same, by the Python path
     assert list(counter_rows(services, "daily").values()) == [(Decimal("0.03"), Decimal(0))]
     assert holds(services) == 0
+
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["call", "call", "call", "fail", "abandon", "later", "expire"]),
+        st.sampled_from(["alice", "bob"]),
+        st.integers(min_value=0, max_value=40),  # estimate in cents
+        st.integers(min_value=0, max_value=40),  # actual cost in cents
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+def _replay(url: str, clock_start: datetime, ops: list[tuple[str, str, int, int]], fast: bool) -> Any:
+    """Run ``ops`` on a fresh store with the routines on or off; what every call got, and the final counters."""
+    server_url("postgres" if url.startswith("postgres") else "mysql")  # empty the database again
+    clock = FakeClock(clock_start)
+    services = bootstrap(BudgetSettings.load(None, database_url=url, reservation_ttl=300), clock=clock)
+    services.ledger._routines = None if fast else False
+    try:
+        for name, period, limit, scope in [
+            ("h", "hour", "0.5", {}),
+            ("d", "day", "1.2", {}),
+            ("r", "rolling:2h", "0.8", {"actor": "alice"}),
+            ("c", "hour", "0.3", {"actor": "bob"}),
+        ]:
+            services.policies.create_policy(
+                ADMIN, {"name": name, "period": period, "limit": limit, "scope": scope, "rollover_cap": "0.1"}
+            )
+        seen = []
+        for i, (op, actor, estimate, cost) in enumerate(ops):
+            operation = call(f"c{i}", str(Decimal(estimate) / 100), actor=actor)
+            if op == "later":
+                clock.advance(minutes=37)
+                continue
+            if op == "expire":
+                seen.append(services.ledger.expire(clock()))
+                continue
+            decision = services.policies.check_budget(operation)
+            seen.append((decision.allowed, decision.deciding_policy, tuple(v.spent for v in decision.standings)))
+            if decision.allowed and op == "call":
+                services.tracking.record_call(operation, spend(str(Decimal(cost) / 100)))
+            elif decision.allowed and op == "fail":
+                services.tracking.record_call(operation, LLMUsage(), error=RuntimeError("provider down"))
+        with services.db.bind_ctx([SpendCounter, UsageRow]):
+            counters = sorted(
+                (c.policy_id, c.part, c.window_start, c.spent_units, c.reserved_units) for c in SpendCounter.select()
+            )
+            usage = sorted((u.call_id, u.cost_units, u.recorded_at) for u in UsageRow.select())
+        return seen, counters, usage
+    finally:
+        services.close()
+
+
+@settings(
+    max_examples=int(os.environ.get("BUDGET_TEST_EXAMPLES", "12")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(ops=OPS)
+def test_the_routines_and_the_python_path_give_the_same_money(url: str, ops: list[tuple[str, str, int, int]]) -> None:
+    start = datetime(2026, 3, 10, 11, 41, tzinfo=timezone.utc)
+    assert _replay(url, start, ops, fast=True) == _replay(url, start, ops, fast=False)
