@@ -17,6 +17,19 @@ M = TypeVar("M", bound=BaseModel)
 _set = object.__setattr__
 
 
+def _slot_setter(name: str) -> Callable[[Any, Any], None]:
+    """Setter of one of BaseModel's own slots (straight to the slot; else through object.__setattr__)."""
+    slot = BaseModel.__dict__.get(name)
+    if slot is not None and type(slot).__name__ == "member_descriptor":
+        return slot.__set__
+    return lambda model, value: _set(model, name, value)
+
+
+_set_fields_set = _slot_setter("__pydantic_fields_set__")
+_set_extra = _slot_setter("__pydantic_extra__")
+_set_private = _slot_setter("__pydantic_private__")
+
+
 def maker(cls: type[M]) -> Callable[..., M]:
     """A builder of ``cls`` instances from every field's value, in field order, without validation.
 
@@ -41,9 +54,9 @@ def maker(cls: type[M]) -> Callable[..., M]:
             raise TypeError(f"{cls.__name__} takes {count} values, in field order; got {len(values)}")
         model = new(cls)
         _set(model, "__dict__", dict(zip(names, values, strict=True)))
-        _set(model, "__pydantic_fields_set__", set(names))
-        _set(model, "__pydantic_extra__", None)
-        _set(model, "__pydantic_private__", None)
+        _set_fields_set(model, set(names))
+        _set_extra(model, None)
+        _set_private(model, None)
         return model
 
     return build
