@@ -517,13 +517,31 @@ class BudgetPolicyService:
         # in another process must count this call, or its counter would miss it.
         return list(self._plan(call).targets(call, now))
 
+    @staticmethod
+    def _standing_name(policy: Policy, part: str) -> str:
+        """A standing's name: the policy's, with the sub-limit it is, e.g. ``"team [model=gpt-4o]"``."""
+        return f"{policy.name} [{part.replace(':', '=', 1)}]" if part else policy.name
+
+    def _stops(self, policy: Policy, part: str, call: LLMCall) -> bool:
+        """Whether the standing of ``policy`` (or its sub-limit ``part``) stops a call that does not fit it:
+        :meth:`_blocked` of that standing, from the policy itself."""
+        enforcement = policy.enforcement or self.settings.default_enforcement
+        if enforcement == "warn":
+            return False
+        if enforcement == "soft_block":
+            name = self._standing_name(policy, part)
+            names = {name, "*"}
+            if name.endswith("]"):
+                names.add(name.rsplit(" [", 1)[0])
+            return call.tags.get(OVERRIDE_TAG) not in names
+        return True
+
     def _standing(self, policy: Policy, standing: Standing, requested: int | Decimal) -> PolicyStanding:
         # Built from values the store already checked, on every call: skip re-validation.
         target = standing.target
-        part = target.part
         return _new_standing(
             policy.id or 0,
-            f"{policy.name} [{part.replace(':', '=', 1)}]" if part else policy.name,
+            self._standing_name(policy, target.part),
             policy.enforcement or self.settings.default_enforcement,
             target.window_start,
             target.window_end,
@@ -605,19 +623,23 @@ class BudgetPolicyService:
         by_id = plan.by_id
         targets = plan.targets(call, now)
         units = to_units(amount)
-        views: list[PolicyStanding] = []
-        #: Per view, in store units: (what remains after this call, spent + reserved before it, the limit).
+        #: The standings ``decide`` saw under the store's lock (none when it was not asked), and per standing,
+        #: in store units: (what remains after this call, spent + reserved before it, the limit).
+        seen: list[Standing] = []
         numbers: list[tuple[int, int, int]] = []
 
         def decide(standings: list[Standing]) -> bool:
-            requested = from_units(units)
-            views[:] = [self._standing(by_id[s.target.policy_id], s, requested) for s in standings]
+            # Integers only while the store holds its lock; the standings' Decimal views are built after.
+            seen[:] = standings
             numbers[:] = [
                 (s.limit_units - used - units, used, s.limit_units)
                 for s in standings
                 for used in (s.spent_units + s.reserved_units,)
             ]
-            return not any(self._blocked(v, n[0] >= 0, call) for v, n in zip(views, numbers, strict=True))
+            return not any(
+                n[0] < 0 and self._stops(by_id[s.target.policy_id], s.target.part, call)
+                for s, n in zip(standings, numbers, strict=True)
+            )
 
         def rates(standings: list[Standing]) -> list[Rate]:
             """Throttles past their threshold: their minute's rate must admit this call too."""
@@ -646,6 +668,8 @@ class BudgetPolicyService:
                 estimated_cost=amount,
                 price_source=source,
             )
+        requested = from_units(units)
+        views = [self._standing(by_id[s.target.policy_id], s, requested) for s in seen]
         outcome = reserved.outcome
         if outcome is Reservation.THROTTLED and reserved.throttled_by is not None:
             return self._throttled(call, reserved.throttled_by, by_id, views, amount, source, now)
