@@ -4,7 +4,8 @@ The floor is one raw ``sqlite3`` transaction at WAL + synchronous=FULL that inse
 its rollup row: one fsync, the least any durable record of a call can cost. Ours is ``pre_llm_call`` +
 ``post_llm_call`` with 10 matching policies, at ``durability = "full"`` and ``"normal"``. Each round runs one
 call of each, so disk noise hits all alike; the figures are ratios of means from the same run, plus our CPU
-time per call (thread CPU, so the floor's and other threads' work is not counted) and the 50-thread run.
+time per call (thread CPU, so the floor's and other threads' work is not counted), 50 threads, and 50 asyncio
+tasks through ``async_guarded_call`` (hooks run on the loop's default executor), each with group commit off and on.
 
 Run: ``python tests/benchmarks/bench_hot_path.py [rounds]`` (or ``tox -e bench``). It prints; it asserts nothing
 about time.
@@ -12,6 +13,7 @@ about time.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import sqlite3
 import statistics
@@ -23,10 +25,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pluggy
+
 from atlas_budget_plugin import BudgetSettings, bootstrap
 from atlas_budget_plugin.plugin import BudgetPlugin
 from atlas_budget_plugin.store import initialize, open_database
-from hookspecs import LLMCall, LLMUsage
+from hookspecs import LLMCall, LLMUsage, async_guarded_call
+from hookspecs import specs as host_specs
 
 PERIODS = ["hour", "day", "week", "month", "quarter", "year", "total", "rolling:24h", "rolling:7d", "rolling:30d"]
 USAGE = LLMUsage(input_tokens=1000, output_tokens=200, cost=Decimal("0.0042"))
@@ -159,6 +164,46 @@ def threads(folder: Path, durability: str, grouped: bool, workers: int = 50, cal
     budget.services.close()
 
 
+def coroutines(folder: Path, durability: str, grouped: bool, tasks: int = 50, calls: int = 20) -> None:
+    """An asyncio host: ``tasks`` coroutines each making ``calls`` calls through ``async_guarded_call``."""
+    budget = plugin(folder, durability, f"{durability}-{grouped}-tasks")
+    budget.services.ledger.group_commit = grouped
+    pm = pluggy.PluginManager(host_specs.PROJECT)
+    pm.add_hookspecs(host_specs)
+    pm.register(budget, name="budget")
+    latencies: list[float] = []
+
+    async def work(index: int) -> None:
+        for i in range(calls):
+            call = LLMCall(
+                call_id=f"a{index}-{i}",
+                provider="openai",
+                model="gpt-4o",
+                actor="alice",
+                estimated_cost=Decimal("0.01"),
+            )
+            began = time.perf_counter()
+            async with async_guarded_call(pm, call) as guard:
+                guard.usage = USAGE
+            latencies.append(time.perf_counter() - began)
+
+    async def everything() -> float:
+        start = time.perf_counter()
+        await asyncio.gather(*(work(i) for i in range(tasks)))
+        return time.perf_counter() - start
+
+    elapsed = asyncio.run(everything())
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    print(
+        f"  {tasks} asyncio tasks x {calls} calls at {durability}, group commit {'on ' if grouped else 'off'}: "
+        f"{len(latencies) / elapsed:7.1f} calls/s, "
+        f"p50 {statistics.median(latencies) * 1000:6.1f} ms, p99 {p99 * 1000:6.1f} ms"
+    )
+    budget.close()
+    budget.services.close()
+
+
 def main() -> None:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 500
     # On disk next to the project, not in /tmp, which may be a RAM disk where fsync costs nothing.
@@ -168,6 +213,8 @@ def main() -> None:
         for durability in ("full", "normal"):
             for grouped in (False, True):
                 threads(folder, durability, grouped)
+        for grouped in (False, True):
+            coroutines(folder, "full", grouped)
 
 
 if __name__ == "__main__":
