@@ -746,8 +746,9 @@ class BudgetPolicyService:
         limit) in store units, so the arithmetic is on integers (exactly what the views' Decimals give)."""
         warnings = list(self._price_warnings(call, source))
         deciding = None
-        # Tightest first (a stable sort: ties keep the policies' order).
-        for view, (remaining, used_before, limit) in sorted(zip(views, numbers, strict=True), key=lambda p: p[1][0]):
+        # Tightest first (a stable sort: ties keep the policies' order, so the first is ``min``'s choice too).
+        ordered = sorted(zip(views, numbers, strict=True), key=lambda p: p[1][0])
+        for view, (remaining, used_before, limit) in ordered:
             if remaining < 0:
                 if self.bus.wants("budget.limit_exceeded"):
                     self.bus.publish(
@@ -793,7 +794,7 @@ class BudgetPolicyService:
                 deciding_policy=deciding.policy_name,
                 standings=tuple(views),
             )
-        tightest = min(zip(views, numbers, strict=True), key=lambda p: p[1][0])[0] if views else None
+        tightest = ordered[0][0] if ordered else None
         return BudgetDecision(
             allowed=True,
             reason="within budget" if not warnings else "allowed with warnings",
