@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atlas_budget_plugin import BudgetServices, BudgetSettings, bootstrap
-from atlas_budget_plugin.store import routines
-from atlas_budget_plugin.store.models import Hold, SpendCounter, UsageRow
+from atlas_budget_plugin.store import SCHEMA_VERSION, database, routines
+from atlas_budget_plugin.store.models import Hold, SchemaVersion, SpendCounter, UsageRow
 from atlas_budget_plugin.types import Actor
 from hookspecs import LLMCall, LLMUsage
 
@@ -406,3 +406,25 @@ def _replay(url: str, clock_start: datetime, ops: list[tuple[str, str, int, int]
 def test_the_routines_and_the_python_path_give_the_same_money(url: str, ops: list[tuple[str, str, int, int]]) -> None:
     start = datetime(2026, 3, 10, 11, 41, tzinfo=timezone.utc)
     assert _replay(url, start, ops, fast=True) == _replay(url, start, ops, fast=False)
+
+
+def test_upgrading_a_version_3_store_creates_the_routines(make: Any) -> None:
+    services = make()
+    db = services.db
+    if isinstance(db, pw.PostgresqlDatabase):
+        for name in (routines.RESERVE, routines.SETTLE, routines.STANDING):
+            db.execute_sql(f"DROP FUNCTION IF EXISTS {name}")
+    else:
+        for name in (routines.RESERVE, routines.SETTLE):
+            db.execute_sql(f"DROP PROCEDURE IF EXISTS {name}")
+    with db.bind_ctx([SchemaVersion]):
+        SchemaVersion.update(version=3).execute()
+    assert not routines.present(db)
+    assert database.initialize(db) == SCHEMA_VERSION == 4
+    assert routines.present(db)
+    services.ledger._routines = None  # the ledger looks again, as a process started after the upgrade would
+    services.policies.create_policy(ADMIN, {"name": "daily", "period": "day", "limit": "10"})
+    assert run(services, "a")
+    with statements(services) as seen:
+        assert run(services, "b")
+    assert "BEGIN" not in seen and len(ledger_statements(seen)) == 2
