@@ -470,6 +470,12 @@ class Ledger:
             self._routines = routines.present(self.db)
         return self._routines
 
+    @property
+    def checks_generation(self) -> bool:
+        """Whether ``reserve``/``settle`` check the ``generation`` they are given in the store (server routines):
+        callers may then match calls against their cached policies without asking the store first."""
+        return self._use_routines()
+
     def _carries(self, target: Target) -> bool:
         """Whether ``target``'s limit may grow by the unused budget of its previous window (see ``_carry``)."""
         return bool(
@@ -568,7 +574,7 @@ class Ledger:
         if status == "check":  # over some limit: the policies decide; a denial needs nothing more
             return Reserved(standings, Reservation.DENIED) if not decide(standings) else None
         self._admit(call_id, now)
-        if decide(standings):  # it fit every limit, so every policy admits it (decide also builds the views)
+        if decide(standings):  # it fit every limit, so every policy admits it
             return Reserved(standings, Reservation.HELD)
         self.release(call_id)  # pragma: no cover - a policy that blocks a call within its limit
         return None  # pragma: no cover
