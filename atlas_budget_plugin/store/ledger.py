@@ -585,7 +585,7 @@ class Ledger:
         cost_units: int,
         row: dict[str, Any],
         targets: Callable[[datetime], Sequence[Target]],
-        generation: int | None,
+        generation: int | None | Callable[[], int | None],
     ) -> Settlement | None:
         """``settle`` in one round trip; None when the Python path must do it (nothing was written then)."""
         held_at = self._admitted.get(call_id)
@@ -600,7 +600,7 @@ class Ledger:
             naive(moment),
             *self._routine_targets(current),
             *(row[c] for c in routines.SETTLE_USAGE_COLUMNS),
-            generation,
+            generation() if callable(generation) else generation,  # after ``targets``: theirs
         ]
         try:
             status, spent, reserved, carry = self._call_routine(routines.SETTLE, params)
@@ -819,7 +819,7 @@ class Ledger:
         cost_units: int,
         usage: dict[str, Any],
         targets: Callable[[datetime], Sequence[Target]],
-        generation: int | None = None,
+        generation: int | None | Callable[[], int | None] = None,
     ) -> Settlement:
         """Record a call's usage once and turn its holds into spend, in one transaction.
 
@@ -829,8 +829,9 @@ class Ledger:
         holds are released from the counters they were taken on. A second call with
         the same ``call_id`` changes nothing and returns the first record. The
         settlement carries the standings of the charged policies after the spend,
-        for threshold announcements. ``generation``: as for :meth:`reserve`; a moved one
-        reloads the policies (``policies_changed``) and asks ``targets`` again.
+        for threshold announcements. ``generation``: as for :meth:`reserve` (or a callable giving
+        it, asked after ``targets``); a moved one reloads the policies (``policies_changed``) and
+        asks ``targets`` again.
         """
         if cost_units < 0:
             raise ValueError(f"cost must not be negative, got {cost_units} units")
