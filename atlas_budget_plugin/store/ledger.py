@@ -585,7 +585,7 @@ class Ledger:
         cost_units: int,
         row: dict[str, Any],
         targets: Callable[[datetime], Sequence[Target]],
-        generation: int | None | Callable[[], int | None],
+        generation: int | Callable[[], int | None] | None,
     ) -> Settlement | None:
         """``settle`` in one round trip; None when the Python path must do it (nothing was written then)."""
         held_at = self._admitted.get(call_id)
@@ -819,7 +819,7 @@ class Ledger:
         cost_units: int,
         usage: dict[str, Any],
         targets: Callable[[datetime], Sequence[Target]],
-        generation: int | None | Callable[[], int | None] = None,
+        generation: int | Callable[[], int | None] | None = None,
     ) -> Settlement:
         """Record a call's usage once and turn its holds into spend, in one transaction.
 
