@@ -151,11 +151,12 @@ def bootstrap(
     permissions = BudgetPermissionChecker()
     repository = PolicyRepository(db)
     policies = BudgetPolicyService(repository, ledger, pricer, bus, settings, permissions, clock)
+    ledger.policies_changed = repository.forget  # a routine found the cached policies stale
     tracking = BudgetTrackingService(
         ledger,
         pricer,
         bus,
-        policies.targets_for,
+        policies.charged,
         lambda tenant: repository.all(tenant, max_age=1.0),
         permissions,
         clock,

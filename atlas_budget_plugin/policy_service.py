@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
-from math import ceil
+from math import ceil, inf
 from operator import attrgetter
 from typing import Any
 
@@ -123,10 +123,11 @@ class _Plan:
     changes. Targets are reused while ``now`` stays inside the span in which every one of them is the same.
     """
 
-    __slots__ = ("_service", "_span", "by_id", "policies", "throttles")
+    __slots__ = ("_service", "_span", "by_id", "policies", "source", "throttles")
 
-    def __init__(self, policies: list[Policy], service: BudgetPolicyService) -> None:
+    def __init__(self, policies: list[Policy], service: BudgetPolicyService, source: list[Policy]) -> None:
         self.policies = policies
+        self.source = source  # the tenant's enabled policies, as cached, that this plan was matched from
         self.by_id: dict[int | None, Policy] = {p.id: p for p in policies}
         self.throttles = any(service.enforcement(p) == "throttle" for p in policies)
         self._service = service
@@ -431,7 +432,7 @@ class BudgetPolicyService:
             return hit[2]
         values = {column: getattr(call, column) for column in CALL_DIMENSIONS}
         attributed = hierarchy.attribution(call)
-        plan = _Plan([p for p in index.candidates(values) if covers(p.scope, call, attributed)], self)
+        plan = _Plan([p for p in index.candidates(values) if covers(p.scope, call, attributed)], self, enabled)
         if key is not None:
             if len(self._plans) >= 4096:
                 self._plans.clear()
@@ -517,6 +518,29 @@ class BudgetPolicyService:
         # in another process must count this call, or its counter would miss it.
         return list(self._plan(call).targets(call, now))
 
+    def matched(
+        self, call: LLMCall, now: datetime, *, empty_is_final: bool = True, trust_cache: bool = True
+    ) -> tuple[_Plan, int | None]:
+        """The plan for ``call``, and the policy generation the ledger must check it against (None: no check).
+
+        Where the store checks the generation itself (server routines), the cached policies are used
+        without asking the store first, and the routine answers ``stale`` if they changed. Otherwise (or
+        when the cache moved on meanwhile) the store is asked first, as ``_plan`` always does. With
+        ``empty_is_final`` False, a plan that matched nothing is verified with the store too: nothing
+        would be sent to a routine to find out that a new policy covers the call.
+        """
+        if trust_cache and self.ledger.checks_generation:
+            plan = self._plan(call, inf)
+            generation = self.repository.generation_of(call.tenant, plan.source)
+            if generation is not None and (plan.policies or empty_is_final):
+                return plan, generation
+        return self._plan(call), None
+
+    def charged(self, call: LLMCall, now: datetime) -> tuple[list[Target], int | None]:
+        """:meth:`targets_for` and the generation to check them against (see :meth:`matched`)."""
+        plan, generation = self.matched(call, now)
+        return list(plan.targets(call, now)), generation
+
     @staticmethod
     def _standing_name(policy: Policy, part: str) -> str:
         """A standing's name: the policy's, with the sub-limit it is, e.g. ``"team [model=gpt-4o]"``."""
@@ -575,6 +599,9 @@ class BudgetPolicyService:
         settled by :meth:`BudgetTrackingService.record_call` or expires after
         ``reservation_ttl``.
         """
+        return self._check_budget(operation, estimated_cost, trust_cache=True)
+
+    def _check_budget(self, operation: LLMCall, estimated_cost: Decimal | None, trust_cache: bool) -> BudgetDecision:
         call = operation
         now = self.clock()
         problem = unstorable(call)
@@ -611,7 +638,7 @@ class BudgetPolicyService:
             amount, source = estimate.cost, estimate.source
         if amount < 0:
             raise ValidationError(f"estimated_cost must not be negative, got {amount}")
-        plan = self._plan(call)
+        plan, generation = self.matched(call, now, empty_is_final=False, trust_cache=trust_cache)
         if not plan.policies:
             return BudgetDecision(
                 allowed=True,
@@ -659,7 +686,7 @@ class BudgetPolicyService:
         try:
             # No throttle among the policies: no rates callback, so a store's fast path can take the call.
             reserved = self.ledger.reserve(
-                call.call_id, targets, units, now, expires, decide, rates if plan.throttles else None
+                call.call_id, targets, units, now, expires, decide, rates if plan.throttles else None, generation
             )
         except StoreRangeError as exc:
             return BudgetDecision(
@@ -668,9 +695,11 @@ class BudgetPolicyService:
                 estimated_cost=amount,
                 price_source=source,
             )
+        outcome = reserved.outcome
+        if outcome is Reservation.STALE:  # a policy changed since this process cached them: match again
+            return self._check_budget(operation, estimated_cost, trust_cache=False)
         requested = from_units(units)
         views = [self._standing(by_id[s.target.policy_id], s, requested) for s in seen]
-        outcome = reserved.outcome
         if outcome is Reservation.THROTTLED and reserved.throttled_by is not None:
             return self._throttled(call, reserved.throttled_by, by_id, views, amount, source, now)
         if outcome is Reservation.RECORDED:

@@ -152,7 +152,7 @@ class BudgetTrackingService:
         ledger: Ledger,
         pricer: Pricer,
         bus: MessageBus,
-        targets: Callable[[LLMCall, datetime], Sequence[Target]],
+        targets: Callable[[LLMCall, datetime], tuple[Sequence[Target], int | None]],
         policies: Callable[[str], Sequence[Policy]],
         permissions: BudgetPermissionChecker | None = None,
         clock: Clock = utcnow,
@@ -355,7 +355,13 @@ class BudgetTrackingService:
             # inside the settling transaction, right after the policies it is charged to.
             "lineage_json": lambda: _lineage_json(self.attribution(call)),
         }
-        settled = self.ledger.settle(call.call_id, to_units(amount), row, lambda moment: self.targets(call, moment))
+        checked: list[int | None] = [None]  # the policy generation the targets were matched under
+
+        def targets(moment: datetime) -> Sequence[Target]:
+            found, checked[0] = self.targets(call, moment)
+            return found
+
+        settled = self.ledger.settle(call.call_id, to_units(amount), row, targets, lambda: checked[0])
         if not settled.created:
             return to_record(settled.row)  # the first record of this call, as the store has it
         record = _new_record(settled.row, call, metadata)

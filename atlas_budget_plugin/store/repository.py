@@ -132,6 +132,16 @@ class PolicyRepository:
         Meta.update(value=Meta.value + 1).where(Meta.name == "policy_generation").execute()
         self._forget()
 
+    def forget(self) -> None:
+        """Drop the cached policies and links: the next read asks the store (a routine found them stale)."""
+        self._forget()
+
+    def generation_of(self, tenant: str, policies: list[Policy]) -> int | None:
+        """The policy generation under which ``policies`` (a list :meth:`enabled` returned) was loaded, or None
+        when the cache has moved on from that list since."""
+        cached = self._cache.get((tenant, True))
+        return cached[0] if cached is not None and cached[1] is policies else None
+
     def _forget(self) -> None:
         """Drop what this process cached: it sees its own changes at once. Called after a write too, since
         checks inside the writing transaction may have cached the state before it under the new generation."""
