@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import logging
 import random
 import threading
 import time
@@ -52,6 +53,9 @@ def aware(moment: datetime | str) -> datetime:
 
 
 _HOUR = timedelta(hours=1)
+_peewee_log = logging.getLogger("peewee")
+#: What peewee's ``execute_sql`` wraps a statement in: sqlite3's errors raised as peewee's (IntegrityError, ...).
+_SQLITE_ERRORS: Any = vars(pw)["__exception_wrapper__"]
 
 #: A counter series: (policy id, part) — the policy's own limit has part ''.
 Ident = tuple[int, str]
@@ -78,7 +82,7 @@ class Target:
     scope: Scope | None = field(default=None, compare=False, hash=False)
     part: str = ""  # '' for the policy's own limit, ``provider:<p>`` / ``model:<m>`` for a sub-limit
 
-    @property
+    @functools.cached_property
     def ident(self) -> tuple[int, str]:
         """Which counter series this target is: the policy's own, or one of its sub-limits."""
         return (self.policy_id, self.part)
@@ -86,6 +90,20 @@ class Target:
     @property
     def key(self) -> datetime:
         return self.counter_start or self.window_start
+
+    # The policy service reuses a target for as long as its window (or hour) lasts, so what the SQLite ledger
+    # derives from one is worked out once per target, not on every call (cached_property: the dataclass's
+    # fields, equality and hash are untouched, and ``replace`` makes a new target with nothing cached).
+
+    @functools.cached_property
+    def sqlite_key(self) -> tuple[int, str, str]:
+        """(policy id, part, counter key as SQLite stores it): the identity of the target's counter row."""
+        return (self.policy_id, self.part, _sqlite_text(self.key))
+
+    @functools.cached_property
+    def sqlite_span(self) -> tuple[int, str, str, str]:
+        """(policy id, part, window start, window end as SQLite stores them): a rolling window's counters."""
+        return (self.policy_id, self.part, _sqlite_text(self.window_start), _sqlite_text(self.window_end))
 
     @property
     def counter_end(self) -> datetime:
@@ -245,6 +263,7 @@ class Ledger:
 
     def __init__(self, db: pw.Database, durability: str = "full") -> None:
         self.db = db
+        self._peewee: Any = db  # the same, for its connection state (``_state``), which peewee's types do not name
         self.sqlite = is_sqlite(db)
         self.kind = "sqlite" if self.sqlite else ("mysql" if isinstance(db, pw.MySQLDatabase) else "postgres")
         self._lock = "" if self.sqlite else " FOR UPDATE"
@@ -262,13 +281,22 @@ class Ledger:
         #: Called when a routine finds that the policy generation a caller matched against has moved on
         #: (the policy cache then reloads); set by ``bootstrap`` to the repository's ``forget``.
         self.policies_changed: Callable[[], None] = lambda: None
+        #: SQL texts built once per shape (statement kind and row count), then reused.
+        self._texts: dict[tuple[Any, ...], str] = {}
 
     # -- SQL helpers ------------------------------------------------------------------------
 
     def _sql(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        if not self.sqlite:
-            sql = sql.replace("?", "%s")
-        return self.db.execute_sql(sql, tuple(params))
+        if self.sqlite:
+            # Straight to the sqlite3 connection (its statement cache keeps each text prepared), with peewee's
+            # translation of sqlite3's errors into its own: what ``execute_sql`` does, less its bookkeeping.
+            # Through ``execute_sql`` when there is no connection yet (it connects) or someone watches queries.
+            conn = self._peewee._state.conn
+            if conn is not None and not self._peewee.query_hooks and not _peewee_log.isEnabledFor(logging.DEBUG):
+                with _SQLITE_ERRORS:
+                    return conn.execute(sql, params)
+            return self.db.execute_sql(sql, tuple(params))
+        return self.db.execute_sql(sql.replace("?", "%s"), tuple(params))
 
     def _dt(self, moment: datetime) -> Any:
         return _sqlite_text(moment) if self.sqlite else naive(moment)
@@ -382,19 +410,55 @@ class Ledger:
             (target.policy_id, target.part, self._dt(target.key), spent),
         )
 
-    def _sqlite_counters(self, targets: Sequence[Target]) -> dict[Ident, tuple[int, int, int, int]]:
-        """(policy_id, part) -> (counter id, policy_id, spent, reserved), read in one statement.
+    def _sqlite_read(
+        self, targets: Sequence[Target], call_id: str | None = None, rolling: Sequence[Target] = ()
+    ) -> tuple[dict[Ident, tuple[int, int, int, int]], tuple[bool, bool], dict[Ident, tuple[int, int]]]:
+        """In one statement: (policy_id, part) -> (counter id, policy_id, spent, reserved) of the targets' counters,
+        whether ``call_id`` holds money and was already recorded, and the sums of the ``rolling`` targets' windows.
 
         BEGIN IMMEDIATE already holds SQLite's only write lock, so this plain read is a locked one.
         """
-        # OR of equalities, not a row-value IN: SQLite scans the whole index for the latter.
-        pairs = " OR ".join("(policy_id = ? AND part = ? AND window_start = ?)" for _ in targets)
-        params = [v for t in targets for v in (t.policy_id, t.part, self._dt(t.key))]
-        rows = self._sql(
-            f"SELECT id, policy_id, spent_units, reserved_units, part FROM {_COUNTER} WHERE {pairs}",
-            params,
-        ).fetchall()
-        return {(int(r[1]), r[4]): (int(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in rows}
+        sql = self._texts.get(("read", len(targets), call_id is not None, len(rolling)))
+        if sql is None:
+            sql = self._read_sql(len(targets), call_id is not None, len(rolling))
+        params: list[Any] = [v for t in targets for v in t.sqlite_key]
+        if call_id is not None:
+            params += (call_id, call_id)
+        for index, target in enumerate(rolling):
+            params.append(index)
+            params += target.sqlite_span
+        counters: dict[Ident, tuple[int, int, int, int]] = {}
+        state = (False, False)
+        sums: dict[Ident, tuple[int, int]] = {}
+        for kind, a, b, c, d, part in self._sql(sql, params).fetchall():
+            if kind == 0:
+                counters[(b, part)] = (a, b, int(c), int(d))
+            elif kind == 1:
+                state = (bool(b), bool(c))
+            else:
+                sums[rolling[a].ident] = (int(c or 0), int(d or 0))
+        return counters, state, sums
+
+    def _read_sql(self, counters: int, state: bool, rolling: int) -> str:
+        """The text of :meth:`_sqlite_read` for so many targets, the call's state or not, so many rolling sums."""
+        arms = []
+        if counters:
+            # OR of equalities, not a row-value IN: SQLite scans the whole index for the latter.
+            pairs = " OR ".join("(policy_id = ? AND part = ? AND window_start = ?)" for _ in range(counters))
+            arms.append(f"SELECT 0, id, policy_id, spent_units, reserved_units, part FROM {_COUNTER} WHERE {pairs}")
+        if state:
+            arms.append(
+                f"SELECT 1, 0, EXISTS (SELECT 1 FROM {_HOLD} WHERE call_id = ?), "
+                f"EXISTS (SELECT 1 FROM {_USAGE} WHERE call_id = ?), 0, ''"
+            )
+        # One indexed range sum per rolling window (an OR of ranges plus GROUP BY is slower).
+        arms += [
+            f"SELECT 2, ?, 0, SUM(spent_units), SUM(reserved_units), '' FROM {_COUNTER} "
+            "WHERE policy_id = ? AND part = ? AND window_start >= ? AND window_start < ?"
+        ] * rolling
+        sql = " UNION ALL ".join(arms)
+        self._texts[("read", counters, state, rolling)] = sql
+        return sql
 
     def _ensure_counters(
         self, targets: Sequence[Target], also_lock: Iterable[int] = ()
@@ -404,10 +468,10 @@ class Ledger:
         :return: (policy_id, part) -> counter id of each target, and the locked rows by counter id.
         """
         if self.sqlite:  # BEGIN IMMEDIATE already holds the only write lock: find and read in one statement
-            read = self._sqlite_counters(targets) if targets else {}
+            read = self._sqlite_read(targets)[0] if targets else {}
             if len(read) < len({t.ident for t in targets}):
                 self._create_counters([t for t in targets if t.ident not in read])
-                read = self._sqlite_counters(targets)
+                read = self._sqlite_read(targets)[0]
             rows = {r[0]: (r[1], r[2], r[3]) for r in read.values()}
             extra = [i for i in also_lock if i not in rows]
             if extra:
@@ -426,24 +490,37 @@ class Ledger:
                 return found, rows
         raise pw.OperationalError("counters kept changing under a concurrent policy change; try again")
 
+    def _rolling_sums(self, rolling: Sequence[Target]) -> dict[Ident, tuple[int, int]]:
+        """(policy_id, part) -> (spent, reserved) summed over each rolling target's window."""
+        if not rolling:
+            return {}
+        if self.sqlite:
+            return self._sqlite_read((), None, rolling)[2]
+        # One indexed range sum per policy, glued with UNION ALL (an OR of ranges plus GROUP BY is slower).
+        one = (
+            f"SELECT ?, SUM(spent_units), SUM(reserved_units) FROM {_COUNTER} "
+            "WHERE policy_id = ? AND part = ? AND window_start >= ? AND window_start < ?"
+        )
+        params = [
+            v
+            for i, t in enumerate(rolling)
+            for v in (i, t.policy_id, t.part, self._dt(t.window_start), self._dt(t.window_end))
+        ]
+        sums = {}
+        for index, spent, reserved in self._sql(" UNION ALL ".join(one for _ in rolling), params).fetchall():
+            sums[rolling[int(index)].ident] = (int(spent or 0), int(reserved or 0))
+        return sums
+
     def _standings(
-        self, targets: Sequence[Target], ids: dict[Ident, int], rows: dict[int, tuple[int, int, int]]
+        self,
+        targets: Sequence[Target],
+        ids: dict[Ident, int],
+        rows: dict[int, tuple[int, int, int]],
+        sums: dict[Ident, tuple[int, int]] | None = None,
     ) -> list[Standing]:
-        rolling = [t for t in targets if t.period.is_rolling]
-        sums: dict[tuple[int, str], tuple[int, int]] = {}
-        if rolling:
-            # One indexed range sum per policy, glued with UNION ALL (an OR of ranges plus GROUP BY is slower).
-            one = (
-                f"SELECT ?, SUM(spent_units), SUM(reserved_units) FROM {_COUNTER} "
-                "WHERE policy_id = ? AND part = ? AND window_start >= ? AND window_start < ?"
-            )
-            params = [
-                v
-                for i, t in enumerate(rolling)
-                for v in (i, t.policy_id, t.part, self._dt(t.window_start), self._dt(t.window_end))
-            ]
-            for index, spent, reserved in self._sql(" UNION ALL ".join(one for _ in rolling), params).fetchall():
-                sums[rolling[int(index)].ident] = (int(spent or 0), int(reserved or 0))
+        """The targets' standings from their counters' ``rows``; a rolling window's from ``sums`` (read when None)."""
+        if sums is None:
+            sums = self._rolling_sums([t for t in targets if t.period.is_rolling])
         result = []
         for target in targets:
             if target.period.is_rolling:
@@ -637,6 +714,20 @@ class Ledger:
         ).fetchone()
         return bool(row[0]), bool(row[1])
 
+    def _sqlite_reserve_read(
+        self, call_id: str, targets: Sequence[Target]
+    ) -> tuple[bool, bool, dict[Ident, int], dict[int, tuple[int, int, int]], list[Standing]]:
+        """What ``reserve`` reads first, in one statement on SQLite (the targets' missing counters created):
+        (the call holds money, the call was recorded, counter ids, counter rows, standings)."""
+        rolling = [t for t in targets if t.period.is_rolling]
+        read, (held, recorded), sums = self._sqlite_read(targets, call_id, rolling)
+        if len(read) < len({t.ident for t in targets}):
+            self._create_counters([t for t in targets if t.ident not in read])
+            read, (held, recorded), sums = self._sqlite_read(targets, call_id, rolling)
+        ids = {ident: r[0] for ident, r in read.items()}
+        rows = {r[0]: (r[1], r[2], r[3]) for r in read.values()}
+        return held, recorded, ids, rows, self._standings(targets, ids, rows, sums)
+
     def reserve(
         self,
         call_id: str,
@@ -667,9 +758,12 @@ class Ledger:
                 return fast
 
         def work() -> Reserved:
-            held, recorded = self._call_state(call_id)
-            ids, rows = self._ensure_counters(targets)
-            standings = self._standings(targets, ids, rows)
+            if self.sqlite:
+                held, recorded, ids, rows, standings = self._sqlite_reserve_read(call_id, targets)
+            else:
+                held, recorded = self._call_state(call_id)
+                ids, rows = self._ensure_counters(targets)
+                standings = self._standings(targets, ids, rows)
             if held:
                 return Reserved(standings, Reservation.HELD)
             if recorded:
@@ -701,11 +795,11 @@ class Ledger:
         if not self._unsynced_holds:
             result = run_in_transaction(self.db, work)
         else:
-            self.db.execute_sql("PRAGMA synchronous = NORMAL")
+            self._sql("PRAGMA synchronous = NORMAL")
             try:
                 result = run_in_transaction(self.db, work)
             finally:
-                self.db.execute_sql("PRAGMA synchronous = FULL")
+                self._sql("PRAGMA synchronous = FULL")
         if result.outcome is Reservation.HELD and self._routines and amount_units and targets:
             self._admit(call_id, now)
         return result
