@@ -237,6 +237,7 @@ USAGE_COLUMNS = (
     "recorded_at",
     "lineage_json",
 )
+_RECORDED_AT = USAGE_COLUMNS.index("recorded_at")
 _ROLLUP = "budget_usage_hourly"
 _ROLLUP_KEYS = ["tenant", "dimension", "dim_value", "hour"]
 _ROLLUP_SUMS = ["calls", "cost_units", *TOKEN_FIELDS]
@@ -300,6 +301,20 @@ class Ledger:
 
     def _dt(self, moment: datetime) -> Any:
         return _sqlite_text(moment) if self.sqlite else naive(moment)
+
+    def _dt_now(self, moment: datetime) -> Any:
+        """:meth:`_dt` of a moment that will not recur (a call's own time): not worth the cache."""
+        return str(naive(moment)) if self.sqlite else naive(moment)
+
+    def _text(self, key: tuple[Any, ...], build: Callable[..., str]) -> str:
+        """The SQL text of a statement shape, ``key`` = (kind, *counts): ``build(*counts)``, once (the first few
+        hundred shapes are kept)."""
+        sql = self._texts.get(key)
+        if sql is None:
+            sql = build(*key[1:])
+            if len(self._texts) < 256:
+                self._texts[key] = sql
+        return sql
 
     @staticmethod
     def _marks(count: int) -> str:
@@ -418,9 +433,8 @@ class Ledger:
 
         BEGIN IMMEDIATE already holds SQLite's only write lock, so this plain read is a locked one.
         """
-        sql = self._texts.get(("read", len(targets), call_id is not None, len(rolling)))
-        if sql is None:
-            sql = self._read_sql(len(targets), call_id is not None, len(rolling))
+        shape = (len(targets), call_id is not None, len(rolling))
+        sql = self._text(("read", *shape), self._read_sql)
         params: list[Any] = [v for t in targets for v in t.sqlite_key]
         if call_id is not None:
             params += (call_id, call_id)
@@ -456,9 +470,7 @@ class Ledger:
             f"SELECT 2, ?, 0, SUM(spent_units), SUM(reserved_units), '' FROM {_COUNTER} "
             "WHERE policy_id = ? AND part = ? AND window_start >= ? AND window_start < ?"
         ] * rolling
-        sql = " UNION ALL ".join(arms)
-        self._texts[("read", counters, state, rolling)] = sql
-        return sql
+        return " UNION ALL ".join(arms)
 
     def _ensure_counters(
         self, targets: Sequence[Target], also_lock: Iterable[int] = ()
@@ -776,20 +788,26 @@ class Ledger:
             if amount_units and targets:
                 self._check_range(rows, ids.values(), amount_units, reserved=True)
                 counter_ids = sorted(ids[t.ident] for t in targets)
-                self._sql(
-                    f"UPDATE {_COUNTER} SET reserved_units = reserved_units + ? "
-                    f"WHERE id IN ({self._marks(len(counter_ids))})",
-                    [amount_units, *counter_ids],
+                count = len(counter_ids)
+                sql = self._text(
+                    ("hold", count),
+                    lambda n: (
+                        f"UPDATE {_COUNTER} SET reserved_units = reserved_units + ? WHERE id IN ({self._marks(n)})"
+                    ),
                 )
-                values = [
-                    (call_id, ids[t.ident], t.policy_id, amount_units, self._dt(now), self._dt(expires_at))
-                    for t in targets
-                ]
-                self._sql(
-                    f"INSERT INTO {_HOLD} (call_id, counter_id, policy_id, amount_units, created_at, expires_at) "
-                    f"VALUES {', '.join('(?, ?, ?, ?, ?, ?)' for _ in values)}",
-                    [v for row in values for v in row],
+                self._sql(sql, [amount_units, *counter_ids])
+                created, expires = self._dt_now(now), self._dt_now(expires_at)
+                params: list[Any] = []
+                for t in targets:
+                    params += (call_id, ids[t.ident], t.policy_id, amount_units, created, expires)
+                sql = self._text(
+                    ("holds", count),
+                    lambda n: (
+                        f"INSERT INTO {_HOLD} (call_id, counter_id, policy_id, amount_units, created_at, expires_at) "
+                        f"VALUES {', '.join('(?, ?, ?, ?, ?, ?)' for _ in range(n))}"
+                    ),
                 )
+                self._sql(sql, params)
             return Reserved(standings, Reservation.HELD)
 
         if not self._unsynced_holds:
@@ -849,6 +867,35 @@ class Ledger:
 
     # -- holds ------------------------------------------------------------------------------
 
+    def _sqlite_holds(
+        self, call_id: str
+    ) -> tuple[list[HoldRow], dict[tuple[int, str, str], int], dict[int, tuple[int, int, int]]]:
+        """The call's holds with their counters, in one statement (SQLite: the write lock is already held).
+
+        :return: the holds in counter order (as :meth:`_holds`), counter id by (policy id, part, window start as
+            stored), and the counters' rows (policy_id, spent, reserved) by id.
+        """
+        rows = self._sql(
+            "SELECT h.id, h.counter_id, h.policy_id, h.amount_units, h.created_at, c.policy_id, c.part, "
+            "c.window_start, c.spent_units, c.reserved_units "
+            f"FROM {_HOLD} h LEFT JOIN {_COUNTER} c ON c.id = h.counter_id WHERE h.call_id = ? "
+            "ORDER BY h.counter_id, h.id",
+            (call_id,),
+        ).fetchall()
+        holds = []
+        held_on: dict[tuple[int, str, str], int] = {}
+        counters: dict[int, tuple[int, int, int]] = {}
+        moments: dict[Any, datetime] = {}  # a call's holds were all taken at one moment: parse it once
+        for hold_id, counter_id, policy_id, amount, created, owner, part, start, spent, reserved in rows:
+            at = moments.get(created)
+            if at is None:
+                at = moments[created] = aware(created)
+            holds.append(HoldRow(int(hold_id), int(counter_id), int(policy_id), int(amount), at))
+            if owner is not None:  # a counter dropped under the hold leaves nothing to give back to
+                held_on[(owner, part, start)] = counter_id
+                counters[counter_id] = (owner, int(spent), int(reserved))
+        return holds, held_on, counters
+
     def _holds(self, where: str, params: Sequence[Any]) -> list[HoldRow]:
         """Matching holds, locked, in counter order."""
         rows = self._sql(
@@ -866,17 +913,24 @@ class Ledger:
                 by_delta.setdefault(delta, []).append(counter_id)
         for (reserved, spent), counter_ids in sorted(by_delta.items()):
             counter_ids.sort()
-            self._sql(
-                f"UPDATE {_COUNTER} SET reserved_units = reserved_units + ?, spent_units = spent_units + ? "
-                f"WHERE id IN ({self._marks(len(counter_ids))})",
-                [reserved, spent, *counter_ids],
+            count = len(counter_ids)
+            sql = self._text(
+                ("apply", count),
+                lambda n: (
+                    f"UPDATE {_COUNTER} SET reserved_units = reserved_units + ?, spent_units = spent_units + ? "
+                    f"WHERE id IN ({self._marks(n)})"
+                ),
             )
+            self._sql(sql, [reserved, spent, *counter_ids])
 
     def _delete_holds(self, holds: Sequence[HoldRow]) -> None:
         ids = [h.id for h in holds]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            self._sql(f"DELETE FROM {_HOLD} WHERE id IN ({self._marks(len(chunk))})", chunk)
+            count = len(chunk)
+            self._sql(
+                self._text(("drop", count), lambda n: f"DELETE FROM {_HOLD} WHERE id IN ({self._marks(n)})"), chunk
+            )
 
     @staticmethod
     def _given_back(holds: Sequence[HoldRow]) -> dict[int, tuple[int, int]]:
@@ -945,10 +999,29 @@ class Ledger:
         def work() -> Settlement:
             # A concurrent settle of this call waits here. A repeated one finds no holds
             # and fails on the unique call_id below, which rolls all of this back.
-            holds = self._holds("call_id = ?", (call_id,))
+            if self.sqlite:
+                holds, held_on, rows = self._sqlite_holds(call_id)
+            else:
+                holds = self._holds("call_id = ?", (call_id,))
             moment = min(h.created_at for h in holds) if holds else aware(row["recorded_at"])
             current = list(targets(moment))
-            ids, rows = self._ensure_counters(current, also_lock=[h.counter_id for h in holds])
+            if self.sqlite:
+                # The holds name the counters of the window that admitted the call: the targets whose counter
+                # is one of them need no look-up; the others (no hold, or one taken under other policies) do.
+                ids: dict[Ident, int] = {}
+                rest = []
+                for target in current:
+                    counter_id = held_on.get(target.sqlite_key)
+                    if counter_id is None:
+                        rest.append(target)
+                    else:
+                        ids[target.ident] = counter_id
+                if rest:
+                    found, more = self._ensure_counters(rest)
+                    ids.update(found)
+                    rows.update(more)
+            else:
+                ids, rows = self._ensure_counters(current, also_lock=[h.counter_id for h in holds])
             deltas = self._given_back(holds)
             if cost_units:
                 self._check_range(rows, ids.values(), cost_units)
@@ -958,14 +1031,19 @@ class Ledger:
             self._apply(deltas)
             self._delete_holds(holds)
             lineage = row.get("lineage_json", "{}")
-            stored = {**row, "recorded_at": naive(moment), "lineage_json": lineage() if callable(lineage) else lineage}
+            at = naive(moment)
+            stored = {**row, "recorded_at": at, "lineage_json": lineage() if callable(lineage) else lineage}
             values = [stored[c] for c in USAGE_COLUMNS]
-            values[USAGE_COLUMNS.index("recorded_at")] = self._dt(moment)
-            self._sql(
-                f"INSERT INTO {_USAGE} ({', '.join(USAGE_COLUMNS)}) VALUES ({self._marks(len(USAGE_COLUMNS))})",
-                values,
+            hour = None
+            if self.sqlite:
+                values[_RECORDED_AT] = text = str(at)
+                hour = f"{text[:14]}00:00"  # 'YYYY-MM-DD HH:' of the stored text: the hour's bucket, as stored
+            sql = self._text(
+                ("usage",),
+                lambda: f"INSERT INTO {_USAGE} ({', '.join(USAGE_COLUMNS)}) VALUES ({self._marks(len(USAGE_COLUMNS))})",
             )
-            self._roll_up(stored)
+            self._sql(sql, values)
+            self._roll_up(stored, hour)
             changed = {
                 cid: (pid, spent + deltas.get(cid, (0, 0))[1], held + deltas.get(cid, (0, 0))[0])
                 for cid, (pid, spent, held) in rows.items()
@@ -985,18 +1063,33 @@ class Ledger:
                 raise
             return Settlement(first, False)
 
-    def _roll_up(self, row: dict[str, Any]) -> None:
-        """Add the usage row to its hourly bucket (an upsert, in the settling transaction).
+    def _roll_up(self, row: dict[str, Any], hour: Any = None) -> None:
+        """Add the usage row to its hourly bucket (an upsert, in the settling transaction); ``hour``: the bucket
+        as stored, when the caller has it.
 
         On SQLite the upsert returns the new sums, so a total that left the exact
         integer range (SQLite would silently make it a REAL) fails the transaction.
         """
-        hour = self._dt(aware(row["recorded_at"]).replace(minute=0, second=0, microsecond=0))
+        if hour is None:
+            hour = self._dt(aware(row["recorded_at"]).replace(minute=0, second=0, microsecond=0))
         sums = [1, row["cost_units"], *(row[c] for c in TOKEN_FIELDS)]
-        rows = [[row["tenant"], "*", "", hour, *sums]]
-        rows += [[row["tenant"], dim, row[dim] or "", hour, *sums] for dim in CALL_DIMENSIONS]
+        tenant = row["tenant"]
+        params = [tenant, "*", "", hour, *sums]
+        for dim in CALL_DIMENSIONS:
+            params += (tenant, dim, row[dim] or "", hour, *sums)
+        cursor = self._sql(self._text(("rollup",), self._rollup_sql), params)
+        if self.sqlite:
+            for values in cursor.fetchall():
+                if any(not isinstance(v, int) or v > MAX_STORED for v in values):
+                    raise StoreRangeError(
+                        f"recording this call would take an hourly total past the store's exact range "
+                        f"({MAX_STORED} units or tokens)"
+                    )
+
+    def _rollup_sql(self) -> str:
         columns = ", ".join(_ROLLUP_KEYS + _ROLLUP_SUMS)
-        marks = ", ".join(f"({self._marks(len(_ROLLUP_KEYS) + len(_ROLLUP_SUMS))})" for _ in rows)
+        one = f"({self._marks(len(_ROLLUP_KEYS) + len(_ROLLUP_SUMS))})"
+        marks = ", ".join(one for _ in range(1 + len(CALL_DIMENSIONS)))
         if self.kind == "mysql":
             update = ", ".join(f"{c} = {c} + VALUES({c})" for c in _ROLLUP_SUMS)
             tail = f"ON DUPLICATE KEY UPDATE {update}"
@@ -1005,14 +1098,7 @@ class Ledger:
             tail = f"ON CONFLICT ({', '.join(_ROLLUP_KEYS)}) DO UPDATE SET {update}"
         if self.sqlite:
             tail += f" RETURNING {', '.join(_ROLLUP_SUMS)}"
-        cursor = self._sql(f"INSERT INTO {_ROLLUP} ({columns}) VALUES {marks} {tail}", [v for r in rows for v in r])
-        if self.sqlite:
-            for values in cursor.fetchall():
-                if any(not isinstance(v, int) or v > MAX_STORED for v in values):
-                    raise StoreRangeError(
-                        f"recording this call would take an hourly total past the store's exact range "
-                        f"({MAX_STORED} units or tokens)"
-                    )
+        return f"INSERT INTO {_ROLLUP} ({columns}) VALUES {marks} {tail}"
 
     def release(self, call_id: str) -> int:
         """Drop a call's holds without spend (the call failed or was blocked elsewhere)."""
