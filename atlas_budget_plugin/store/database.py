@@ -476,7 +476,8 @@ def run_grouped(db: pw.Database, work: Callable[[], T]) -> T:
 
     Group commit for SQLite. A caller queues its work and takes the in-process writer lock;
     whoever holds the lock runs every queued body, each in its own savepoint (one body's error
-    rolls back only that body and is raised to its own caller), and commits them together.
+    rolls back only that body and is raised to its own caller), and commits them together; a body
+    that finds itself alone in the queue runs without a savepoint (its error rolls back the transaction).
     Each caller returns only after the commit that made its work durable; a caller whose
     work someone else committed finds it done when it gets the lock. Elsewhere it is
     :func:`run_in_transaction`.
@@ -494,13 +495,16 @@ def run_grouped(db: pw.Database, work: Callable[[], T]) -> T:
                 queue.clear()
             try:
                 with db.atomic("IMMEDIATE"):
-                    for each in batch:
-                        try:
-                            with db.atomic():  # a savepoint inside the shared transaction
-                                each.result = each.work()
-                        except Exception as exc:
-                            each.error = exc
-            except BaseException as exc:  # the commit itself failed: nobody's work is durable
+                    if len(batch) == 1:  # alone (the usual case): its error rolls back the whole transaction
+                        job.result = work()
+                    else:
+                        for each in batch:
+                            try:
+                                with db.atomic():  # a savepoint inside the shared transaction
+                                    each.result = each.work()
+                            except Exception as exc:
+                                each.error = exc
+            except BaseException as exc:  # the commit (or a lone body) failed: nobody's work is durable
                 for each in batch:
                     each.error, each.result = exc, None
                 raise
