@@ -869,32 +869,41 @@ class Ledger:
 
     def _sqlite_holds(
         self, call_id: str
-    ) -> tuple[list[HoldRow], dict[tuple[int, str, str], int], dict[int, tuple[int, int, int]]]:
+    ) -> tuple[
+        list[int],
+        dict[int, tuple[int, int]],
+        datetime | None,
+        dict[tuple[int, str, str], int],
+        dict[int, tuple[int, int, int]],
+    ]:
         """The call's holds with their counters, in one statement (SQLite: the write lock is already held).
 
-        :return: the holds in counter order (as :meth:`_holds`), counter id by (policy id, part, window start as
-            stored), and the counters' rows (policy_id, spent, reserved) by id.
+        :return: the holds' ids in counter order (as :meth:`_holds` reads them), the deltas that give back what
+            they hold (as :meth:`_given_back`), the moment the first was taken (None: no hold), the counter id by
+            (policy id, part, window start as stored), and the counters' rows (policy_id, spent, reserved) by id.
         """
         rows = self._sql(
-            "SELECT h.id, h.counter_id, h.policy_id, h.amount_units, h.created_at, c.policy_id, c.part, "
-            "c.window_start, c.spent_units, c.reserved_units "
+            "SELECT h.id, h.counter_id, h.amount_units, h.created_at, c.policy_id, c.part, c.window_start, "
+            "c.spent_units, c.reserved_units "
             f"FROM {_HOLD} h LEFT JOIN {_COUNTER} c ON c.id = h.counter_id WHERE h.call_id = ? "
             "ORDER BY h.counter_id, h.id",
             (call_id,),
         ).fetchall()
-        holds = []
+        ids = []
+        deltas: dict[int, tuple[int, int]] = {}
+        taken: set[Any] = set()
         held_on: dict[tuple[int, str, str], int] = {}
         counters: dict[int, tuple[int, int, int]] = {}
-        moments: dict[Any, datetime] = {}  # a call's holds were all taken at one moment: parse it once
-        for hold_id, counter_id, policy_id, amount, created, owner, part, start, spent, reserved in rows:
-            at = moments.get(created)
-            if at is None:
-                at = moments[created] = aware(created)
-            holds.append(HoldRow(int(hold_id), int(counter_id), int(policy_id), int(amount), at))
+        for hold_id, counter_id, amount, created, owner, part, start, spent, reserved in rows:
+            ids.append(hold_id)
+            taken.add(created)
+            given = deltas.get(counter_id)
+            deltas[counter_id] = (-int(amount), 0) if given is None else (given[0] - int(amount), 0)
             if owner is not None:  # a counter dropped under the hold leaves nothing to give back to
                 held_on[(owner, part, start)] = counter_id
                 counters[counter_id] = (owner, int(spent), int(reserved))
-        return holds, held_on, counters
+        held_at = min(aware(t) for t in taken) if taken else None  # a call's holds share one moment: parsed once
+        return ids, deltas, held_at, held_on, counters
 
     def _holds(self, where: str, params: Sequence[Any]) -> list[HoldRow]:
         """Matching holds, locked, in counter order."""
@@ -924,7 +933,9 @@ class Ledger:
             self._sql(sql, [reserved, spent, *counter_ids])
 
     def _delete_holds(self, holds: Sequence[HoldRow]) -> None:
-        ids = [h.id for h in holds]
+        self._delete_hold_ids([h.id for h in holds])
+
+    def _delete_hold_ids(self, ids: Sequence[int]) -> None:
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             count = len(chunk)
@@ -1000,10 +1011,12 @@ class Ledger:
             # A concurrent settle of this call waits here. A repeated one finds no holds
             # and fails on the unique call_id below, which rolls all of this back.
             if self.sqlite:
-                holds, held_on, rows = self._sqlite_holds(call_id)
+                hold_ids, deltas, held_at, held_on, rows = self._sqlite_holds(call_id)
             else:
                 holds = self._holds("call_id = ?", (call_id,))
-            moment = min(h.created_at for h in holds) if holds else aware(row["recorded_at"])
+                hold_ids, deltas = [h.id for h in holds], self._given_back(holds)
+                held_at = min(h.created_at for h in holds) if holds else None
+            moment = held_at or aware(row["recorded_at"])
             current = list(targets(moment))
             if self.sqlite:
                 # The holds name the counters of the window that admitted the call: the targets whose counter
@@ -1022,14 +1035,13 @@ class Ledger:
                     rows.update(more)
             else:
                 ids, rows = self._ensure_counters(current, also_lock=[h.counter_id for h in holds])
-            deltas = self._given_back(holds)
             if cost_units:
                 self._check_range(rows, ids.values(), cost_units)
                 for counter_id in ids.values():
                     reserved, spent = deltas.get(counter_id, (0, 0))
                     deltas[counter_id] = (reserved, spent + cost_units)
             self._apply(deltas)
-            self._delete_holds(holds)
+            self._delete_hold_ids(hold_ids)
             lineage = row.get("lineage_json", "{}")
             at = naive(moment)
             stored = {**row, "recorded_at": at, "lineage_json": lineage() if callable(lineage) else lineage}
@@ -1079,8 +1091,8 @@ class Ledger:
             params += (tenant, dim, row[dim] or "", hour, *sums)
         cursor = self._sql(self._text(("rollup",), self._rollup_sql), params)
         if self.sqlite:
-            for values in cursor.fetchall():
-                if any(not isinstance(v, int) or v > MAX_STORED for v in values):
+            for (exact,) in cursor.fetchall():
+                if not exact:
                     raise StoreRangeError(
                         f"recording this call would take an hourly total past the store's exact range "
                         f"({MAX_STORED} units or tokens)"
@@ -1096,8 +1108,9 @@ class Ledger:
         else:
             update = ", ".join(f"{c} = {_ROLLUP}.{c} + excluded.{c}" for c in _ROLLUP_SUMS)
             tail = f"ON CONFLICT ({', '.join(_ROLLUP_KEYS)}) DO UPDATE SET {update}"
-        if self.sqlite:
-            tail += f" RETURNING {', '.join(_ROLLUP_SUMS)}"
+        if self.sqlite:  # whether every new sum is still an exact integer within MAX_STORED (not a REAL)
+            exact = " AND ".join(f"typeof({c}) = 'integer' AND {c} <= {MAX_STORED}" for c in _ROLLUP_SUMS)
+            tail += f" RETURNING {exact}"
         return f"INSERT INTO {_ROLLUP} ({columns}) VALUES {marks} {tail}"
 
     def release(self, call_id: str) -> int:
