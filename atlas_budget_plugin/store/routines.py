@@ -97,6 +97,15 @@ END
 $body$
 """
 
+#: The first check of every PostgreSQL routine: the policies the caller matched against are still current.
+_PG_STALE = """
+    IF p_generation IS NOT NULL
+       AND p_generation IS DISTINCT FROM (SELECT value FROM budget_meta WHERE name = 'policy_generation') THEN
+        status := 'stale';  -- the caller matched the call against policies that have changed since
+        RETURN;
+    END IF;
+"""
+
 #: Find the targets' current counters and lock them with ``also`` in ascending id order (PL/pgSQL fragment).
 _PG_LOCK = """
     FOR i IN 1 .. coalesce(array_length(p_policy, 1), 0) LOOP
@@ -130,11 +139,7 @@ DECLARE
     locked int;
     ok boolean;
 BEGIN
-    IF p_generation IS NOT NULL
-       AND p_generation IS DISTINCT FROM (SELECT value FROM budget_meta WHERE name = 'policy_generation') THEN
-        status := 'stale';  -- the caller matched the call against policies that have changed since
-        RETURN;
-    END IF;
+    {_PG_STALE}
     {_PG_LOCK}
     SELECT s.ok, s.spent, s.reserved, s.carry INTO ok, spent, reserved, carry
       FROM {STANDING}(p_policy, p_part, p_key, p_from, p_to, p_limit, p_cap, p_prev) AS s;
@@ -189,11 +194,7 @@ DECLARE
     ok boolean;
     v_hour timestamp := date_trunc('hour', p_recorded);
 BEGIN
-    IF p_generation IS NOT NULL
-       AND p_generation IS DISTINCT FROM (SELECT value FROM budget_meta WHERE name = 'policy_generation') THEN
-        status := 'stale';  -- the caller matched the call against policies that have changed since
-        RETURN;
-    END IF;
+    {_PG_STALE}
     SELECT min(h.created_at), coalesce(array_agg(h.counter_id), '{{}}') INTO first_hold, also FROM (
         SELECT created_at, counter_id FROM budget_hold WHERE call_id = p_call ORDER BY counter_id, id FOR UPDATE
     ) AS h;
@@ -382,6 +383,18 @@ _MY_DECLARE = """
     DECLARE generation BIGINT;
 """
 
+#: Every MariaDB routine's transaction, and its first check: the policies the caller matched against are current.
+_MY_START = """
+    SET SESSION group_concat_max_len = 1048576;
+    START TRANSACTION;
+    body: BEGIN
+        SELECT value INTO generation FROM budget_meta WHERE name = 'policy_generation';
+        IF p_generation IS NOT NULL AND NOT (p_generation <=> generation) THEN
+            SET status = 'stale';  -- the caller matched the call against policies that have changed since
+            LEAVE body;
+        END IF;
+"""
+
 _MY_HANDLER = """
     DECLARE EXIT HANDLER FOR SQLEXCEPTION
     BEGIN
@@ -397,14 +410,7 @@ CREATE OR REPLACE PROCEDURE {RESERVE}(
 BEGIN
     {_MY_DECLARE}
     {_MY_HANDLER}
-    SET SESSION group_concat_max_len = 1048576;
-    START TRANSACTION;
-    body: BEGIN
-        SELECT value INTO generation FROM budget_meta WHERE name = 'policy_generation';
-        IF p_generation IS NOT NULL AND NOT (p_generation <=> generation) THEN
-            SET status = 'stale';  -- the caller matched the call against policies that have changed since
-            LEAVE body;
-        END IF;
+    {_MY_START}
         {_MY_LOCK}
         {_MY_STANDINGS}
         IF bad > 0 THEN
@@ -461,14 +467,7 @@ BEGIN
     DECLARE back_cases TEXT;
     DECLARE back_ids TEXT;
     {_MY_HANDLER}
-    SET SESSION group_concat_max_len = 1048576;
-    START TRANSACTION;
-    body: BEGIN
-        SELECT value INTO generation FROM budget_meta WHERE name = 'policy_generation';
-        IF p_generation IS NOT NULL AND NOT (p_generation <=> generation) THEN
-            SET status = 'stale';  -- the caller matched the call against policies that have changed since
-            LEAVE body;
-        END IF;
+    {_MY_START}
         SELECT MIN(created_at), GROUP_CONCAT(counter_id) INTO first_hold, also_ids
           FROM budget_hold WHERE call_id = p_call FOR UPDATE;
         SELECT COUNT(*) INTO flag FROM budget_usage WHERE call_id = p_call;
