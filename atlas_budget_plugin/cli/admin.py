@@ -14,7 +14,7 @@ from rich.table import Table
 from .. import settings as settings_module
 from ..extensions import Extensions, get_plugin_manager
 from ..settings import ENV_PREFIX, default_config_file
-from ..store import schema_version
+from ..store import routines, schema_version
 from .core import (
     CliError,
     Session,
@@ -116,6 +116,7 @@ def doctor(session: Session) -> None:
         console.print(f"sink settings {safe(f'[sinks.{sink}]')}: {safe(shown)}")
     services = session.services
     console.print(f"schema version: {schema_version(services.db)}")
+    console.print(f"server routines: {safe(routines.status(services.db))}")
     spool = services.tracking.spool
     console.print(f"outage spool: {safe(spool.path if spool else '-')} ({spool.pending() if spool else 0} waiting)")
     console.print(f"policies declared in settings: {len(settings.policies)}")

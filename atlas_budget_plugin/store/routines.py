@@ -258,10 +258,16 @@ def _kind(db: pw.Database) -> str | None:
 
 
 def present(db: pw.Database) -> bool:
-    """Whether this version's routines exist in ``db`` (False on SQLite, which needs none)."""
+    """Whether this version's routines exist in ``db`` and this user may run them (False on SQLite).
+
+    On MariaDB a user sees only the routines it has a privilege on; on PostgreSQL ``EXECUTE`` is checked.
+    """
     kind = _kind(db)
     if kind == "postgres":
-        sql = "SELECT count(*) FROM pg_proc WHERE proname IN (%s, %s, %s)"
+        sql = (
+            "SELECT count(*) FROM pg_proc WHERE proname IN (%s, %s, %s) "
+            "AND pg_function_is_visible(oid) AND has_function_privilege(oid, 'EXECUTE')"
+        )
         names: tuple[str, ...] = (STANDING, RESERVE, SETTLE)
     elif kind == "mysql":
         sql = (
@@ -273,6 +279,22 @@ def present(db: pw.Database) -> bool:
         return False
     row = db.execute_sql(sql, names).fetchone()
     return bool(row and int(row[0]) >= len(names))
+
+
+#: What to do when the routines are missing or may not be run, for messages and ``atlas-budget doctor``.
+HOW_TO_ENABLE = (
+    "grant the budget's database user the right to create routines (PostgreSQL: CREATE on the schema; MariaDB: "
+    "CREATE ROUTINE) and to run them (EXECUTE), then start a process: it creates them"
+)
+
+
+def status(db: pw.Database) -> str:
+    """One line on the routines, for ``atlas-budget doctor``."""
+    if _kind(db) is None:
+        return "not needed (SQLite)"
+    if present(db):
+        return f"present ({RESERVE}, {SETTLE}): a call is one statement to reserve and one to record"
+    return f"missing or not executable: every call takes the longer way; {HOW_TO_ENABLE}"
 
 
 def install(db: pw.Database) -> bool:
@@ -298,9 +320,9 @@ def install(db: pw.Database) -> bool:
                 db.execute_sql(body)
     except pw.DatabaseError as exc:
         log.warning(
-            "cannot create the budget's server-side routines (%s); every call takes the slower path "
-            "(grant CREATE ROUTINE to the budget's database user to enable them)",
+            "cannot create the budget's server-side routines (%s); every call takes the longer way (%s)",
             exc,
+            HOW_TO_ENABLE,
         )
         return False
     return True
@@ -586,4 +608,4 @@ def decode(kind: str, row: tuple[Any, ...]) -> tuple[str, list[int], list[int], 
     return status, json.loads(spent or "[]"), json.loads(reserved or "[]"), json.loads(carry or "[]")
 
 
-__all__ = ["MAX_STORED", "RESERVE", "SETTLE", "STANDING", "VERSION", "install", "present"]
+__all__ = ["HOW_TO_ENABLE", "MAX_STORED", "RESERVE", "SETTLE", "STANDING", "VERSION", "install", "present", "status"]

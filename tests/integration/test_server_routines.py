@@ -294,7 +294,7 @@ def test_without_the_routines_every_call_takes_the_python_path(
     monkeypatch.setattr(services.db, "execute_sql", refuse)
     with caplog.at_level(logging.WARNING):
         assert routines.install(services.db) is False
-    assert "grant CREATE ROUTINE" in caplog.text
+    assert "CREATE ROUTINE" in caplog.text and "EXECUTE" in caplog.text
     monkeypatch.undo()
     services.ledger._routines = False
     services.policies.create_policy(ADMIN, {"name": "daily", "period": "day", "limit": "10"})
@@ -457,3 +457,20 @@ def test_a_settlement_after_a_policy_change_elsewhere_is_charged_to_the_policies
     here.tracking.record_call(operation, spend("0.5"))
     assert list(counter_rows(here, "new").values()) == [(Decimal("0.51"), Decimal(0))]
     assert list(counter_rows(here, "daily").values()) == [(Decimal("0.51"), Decimal(0))]
+
+
+def test_doctor_says_whether_the_routines_can_be_used(make: Any, url: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from atlas_budget_plugin.cli import main
+
+    services = make()
+    config = tmp_path / "budget.toml"
+    config.write_text(f'database_url = "{url}"\n')
+    result = CliRunner().invoke(main, ["--config", str(config), "doctor"])
+    assert result.exit_code == 0, result.output
+    assert f"server routines: present ({routines.RESERVE}, {routines.SETTLE})" in result.output
+    kind = "FUNCTION" if url.startswith("postgres") else "PROCEDURE"
+    services.db.execute_sql(f"DROP {kind} {routines.RESERVE}")
+    assert routines.status(services.db).startswith("missing or not executable")
+    assert "CREATE ROUTINE" in routines.status(services.db) and "EXECUTE" in routines.status(services.db)

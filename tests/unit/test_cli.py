@@ -45,6 +45,7 @@ def test_doctor(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--config", str(config), "doctor"])
     assert result.exit_code == 0, result.output
     assert f"settings file: {config} (found)" in result.output and f"schema version: {SCHEMA_VERSION}" in result.output
+    assert "server routines: not needed (SQLite)" in result.output
 
 
 def test_bad_settings_file_is_one_line_error(tmp_path: Path) -> None:
