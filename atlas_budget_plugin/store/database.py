@@ -19,6 +19,7 @@ import peewee as pw
 from playhouse import db_url
 
 from ..exceptions import SettingsError, StoreUnavailable
+from . import routines
 from .migrations import exact_text, policy_options_and_counter_parts, server_routines
 from .models import ALL_MODELS, SCHEMA_VERSION, Meta, SchemaVersion, db_proxy
 
@@ -578,4 +579,6 @@ def initialize(db: pw.Database) -> int:
             MIGRATIONS[current](db)
             current += 1
             SchemaVersion.update(version=current).execute()
+        if not is_sqlite(db) and not routines.present(db):
+            server_routines(db)  # refused when the store was made, or dropped since: a right granted later counts
         return current

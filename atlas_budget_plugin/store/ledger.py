@@ -54,6 +54,7 @@ def aware(moment: datetime | str) -> datetime:
 
 _HOUR = timedelta(hours=1)
 _peewee_log = logging.getLogger("peewee")
+_log = logging.getLogger(__name__)
 #: What peewee's ``execute_sql`` wraps a statement in: sqlite3's errors raised as peewee's (IntegrityError, ...).
 _SQLITE_ERRORS: Any = vars(pw)["__exception_wrapper__"]
 
@@ -557,6 +558,12 @@ class Ledger:
     def _use_routines(self) -> bool:
         if self._routines is None:
             self._routines = routines.present(self.db)
+            if not self._routines:
+                _log.warning(
+                    "the budget's server-side routines are missing or may not be run by this database user; every "
+                    "call takes the longer way (%s)",
+                    routines.HOW_TO_ENABLE,
+                )
         return self._routines
 
     @property
@@ -618,7 +625,11 @@ class Ledger:
                 while self.kind == "mysql" and cursor.nextset():  # a CALL's own status answer follows
                     pass
                 return routines.decode(self.kind, row)
-            except (pw.OperationalError, pw.InternalError) as exc:
+            except (pw.OperationalError, pw.InternalError, pw.ProgrammingError) as exc:
+                if routines.unusable(exc):  # dropped, or EXECUTE revoked, since this process looked
+                    self._routines = False
+                    _log.warning("%s; every call takes the longer way from now on (%s)", exc, routines.HOW_TO_ENABLE)
+                    return "missing", [], [], []
                 if attempt == 7 or not is_retryable(exc):
                     raise
                 time.sleep(random.uniform(0, 0.005 * 2**attempt))

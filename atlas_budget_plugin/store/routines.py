@@ -288,6 +288,26 @@ HOW_TO_ENABLE = (
 )
 
 
+#: Errors after which the routines cannot be used (gone, or this user may not run them): PostgreSQL's
+#: insufficient_privilege and undefined_function; MariaDB's "execute command denied" and "does not exist".
+_UNUSABLE_PG = {"42501", "42883"}
+_UNUSABLE_MYSQL = {1370, 1305}
+
+
+def unusable(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by calling a routine, means the routines cannot be used from here."""
+    causes = [exc, exc.__cause__, exc.__context__, *(a for a in exc.args if isinstance(a, BaseException))]
+    for cause in causes:
+        if cause is None:
+            continue
+        if getattr(cause, "pgcode", None) in _UNUSABLE_PG:
+            return True
+        args = getattr(cause, "args", ())
+        if args and args[0] in _UNUSABLE_MYSQL:
+            return True
+    return False
+
+
 def status(db: pw.Database) -> str:
     """One line on the routines, for ``atlas-budget doctor``."""
     if _kind(db) is None:

@@ -474,3 +474,36 @@ def test_doctor_says_whether_the_routines_can_be_used(make: Any, url: str, tmp_p
     services.db.execute_sql(f"DROP {kind} {routines.RESERVE}")
     assert routines.status(services.db).startswith("missing or not executable")
     assert "CREATE ROUTINE" in routines.status(services.db) and "EXECUTE" in routines.status(services.db)
+
+
+def _drop_routines(db: pw.Database) -> None:
+    kind = "FUNCTION" if isinstance(db, pw.PostgresqlDatabase) else "PROCEDURE"
+    names = [routines.RESERVE, routines.SETTLE] + ([routines.STANDING] if kind == "FUNCTION" else [])
+    for name in names:
+        db.execute_sql(f"DROP {kind} IF EXISTS {name}")
+
+
+def test_routines_gone_while_running_are_left_for_the_python_path(make: Any, caplog: pytest.LogCaptureFixture) -> None:
+    services = make()
+    services.policies.create_policy(ADMIN, {"name": "daily", "period": "day", "limit": "10"})
+    assert run(services, "a") and run(services, "b")  # through the routines
+    _drop_routines(services.db)  # as an administrator revoking EXECUTE or dropping them would
+    with caplog.at_level(logging.WARNING):
+        assert run(services, "c")
+        assert run(services, "d")
+    assert caplog.text.count("takes the longer way") == 1 and services.ledger._routines is False
+    assert list(counter_rows(services, "daily").values()) == [(Decimal("0.04"), Decimal(0))]
+    assert recorded(services) == Decimal("0.04") and holds(services) == 0
+
+
+def test_a_process_that_starts_and_finds_the_routines_missing_creates_them(make: Any) -> None:
+    first = make()
+    _drop_routines(first.db)
+    assert not routines.present(first.db)
+    second = make()  # e.g. CREATE ROUTINE granted since the store was made
+    assert routines.present(second.db)
+    second.policies.create_policy(ADMIN, {"name": "daily", "period": "day", "limit": "10"})
+    assert run(second, "a")
+    with statements(second) as seen:
+        assert run(second, "b")
+    assert len(seen) == 2
