@@ -561,6 +561,33 @@ def initialize(db: pw.Database) -> int:
                 f"database_url names {db.database}, which is not a budget database ({exc}); point "
                 "database_url at the budget database or at a new file"
             ) from None
+    try:
+        return _create_or_upgrade(db)
+    except (pw.ProgrammingError, pw.OperationalError, pw.InternalError) as exc:
+        if not _forbidden(exc):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreUnavailable(
+            f"the budget's database user may not create or upgrade its tables ({first}); grant it CREATE on "
+            "the schema (PostgreSQL) or CREATE, ALTER, INDEX and CREATE ROUTINE on the database (MariaDB), or let "
+            "a user who may open the store once (e.g. atlas-budget doctor with that user's database_url)"
+        ) from None
+
+
+#: PostgreSQL's insufficient_privilege; MariaDB's "command denied" (1142) and "access denied to database" (1044).
+_FORBIDDEN_PG = {"42501"}
+_FORBIDDEN_MYSQL = {1142, 1044}
+
+
+def _forbidden(exc: BaseException) -> bool:
+    causes = [exc, exc.__cause__, exc.__context__, *(a for a in exc.args if isinstance(a, BaseException))]
+    for cause in causes:
+        if cause is not None and getattr(cause, "pgcode", None) in _FORBIDDEN_PG:
+            return True
+    return bool(exc.args) and exc.args[0] in _FORBIDDEN_MYSQL
+
+
+def _create_or_upgrade(db: pw.Database) -> int:
     with _schema_lock(db), write_transaction(db):
         current = schema_version(db)
         if current is None:

@@ -507,3 +507,36 @@ def test_a_process_that_starts_and_finds_the_routines_missing_creates_them(make:
     with statements(second) as seen:
         assert run(second, "b")
     assert len(seen) == 2
+
+
+def test_a_user_who_may_not_create_the_tables_gets_one_line_saying_what_to_grant(url: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from atlas_budget_plugin.cli import main
+    from atlas_budget_plugin.store import open_database
+
+    admin = open_database(url)
+    user = "atlas_budget_limited"
+    scheme, rest = url.split("://", 1)
+    limited = f"{scheme}://{user}@{rest.split('@', 1)[-1]}"
+    if scheme.startswith("postgres"):  # since PostgreSQL 15 only the owner may create in schema public
+        admin.execute_sql(f"DROP ROLE IF EXISTS {user}")
+        admin.execute_sql(f"CREATE ROLE {user} LOGIN")
+        drop = f"DROP OWNED BY {user}; DROP ROLE {user}"
+    else:
+        database = rest.rsplit("/", 1)[-1]
+        admin.execute_sql(f"DROP USER IF EXISTS '{user}'@'%%'")  # the driver formats: %% is one %
+        admin.execute_sql(f"CREATE USER '{user}'@'%%'")
+        admin.execute_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {database}.* TO '{user}'@'%%'")
+        drop = f"DROP USER '{user}'@'%%'"
+    try:
+        config = tmp_path / "budget.toml"
+        config.write_text(f'database_url = "{limited}"\n')
+        result = CliRunner().invoke(main, ["--config", str(config), "doctor"])
+        assert result.exit_code == 2, result.output
+        assert "may not create or upgrade its tables" in result.output and "grant it CREATE" in result.output
+        assert "internal error" not in result.output
+    finally:
+        for statement in drop.split("; "):
+            admin.execute_sql(statement)
+        admin.close()
