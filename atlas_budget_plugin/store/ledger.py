@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -292,9 +293,11 @@ class Ledger:
         if self.sqlite:
             # Straight to the sqlite3 connection (its statement cache keeps each text prepared), with peewee's
             # translation of sqlite3's errors into its own: what ``execute_sql`` does, less its bookkeeping.
-            # Through ``execute_sql`` when there is no connection yet (it connects) or someone watches queries.
+            # Through ``execute_sql`` when there is no connection yet (it connects), when it is not sqlite3's
+            # (another driver's errors), or when someone watches queries (hooks, peewee's debug log).
             conn = self._peewee._state.conn
-            if conn is not None and not self._peewee.query_hooks and not _peewee_log.isEnabledFor(logging.DEBUG):
+            hooks = getattr(self._peewee, "query_hooks", None)  # peewee 4 (3.17 has none)
+            if isinstance(conn, sqlite3.Connection) and not hooks and not _peewee_log.isEnabledFor(logging.DEBUG):
                 with _SQLITE_ERRORS:
                     return conn.execute(sql, params)
             return self.db.execute_sql(sql, tuple(params))
@@ -323,37 +326,36 @@ class Ledger:
 
     # -- spend already recorded (for counters that start mid-window) ------------------------
 
+    def _scoped_rows(self, tenant: str, scope: Scope, start: datetime, end: datetime) -> list[tuple[Any, ...]]:
+        """(recorded_at, *_BACKFILL_COLUMNS) of the usage rows of ``tenant`` in ``[start, end)`` that ``scope`` covers.
+
+        The scope's columns (actor, model, ...) narrow the read in SQL, where every backend compares text
+        exactly; tags and the scope hierarchy are matched here, exactly as enforcement matches calls. A
+        per-user policy's first counter of a window reads that user's rows, not the whole tenant's.
+        """
+        wanted = [(key, getattr(scope, key)) for key in CALL_DIMENSIONS if getattr(scope, key) is not None]
+        narrowed = "".join(f" AND {key} = ?" for key, _ in wanted)
+        rows = self._sql(
+            f"SELECT recorded_at, {', '.join(_BACKFILL_COLUMNS)} FROM {_USAGE} "
+            f"WHERE tenant = ? AND recorded_at >= ? AND recorded_at < ?{narrowed}",
+            (tenant, self._dt(start), self._dt(end), *(value for _, value in wanted)),
+        ).fetchall()
+        return [
+            values
+            for values in rows
+            if values[2] == tenant and scope_matches_row(scope, dict(zip(_BACKFILL_COLUMNS, values[1:], strict=True)))
+        ]
+
     def recorded_units(self, tenant: str, scope: Scope, start: datetime, end: datetime) -> int:
         """Cost of the usage rows of ``tenant`` in ``[start, end)`` that ``scope`` covers.
 
         Reads raw rows, so spend older than ``retention_days`` (pruned) is not seen.
-        Matching is done here, exactly as enforcement matches calls, not in SQL.
         """
-        rows = self._sql(
-            f"SELECT {', '.join(_BACKFILL_COLUMNS)} FROM {_USAGE} "
-            "WHERE tenant = ? AND recorded_at >= ? AND recorded_at < ?",
-            (tenant, self._dt(start), self._dt(end)),
-        ).fetchall()
-        total = 0
-        for values in rows:
-            row = dict(zip(_BACKFILL_COLUMNS, values, strict=True))
-            if row["tenant"] == tenant and scope_matches_row(scope, row):
-                total += int(row["cost_units"])
-        return total
+        return sum(int(values[1]) for values in self._scoped_rows(tenant, scope, start, end))
 
     def _hours_with_spend(self, tenant: str, scope: Scope, start: datetime, end: datetime) -> set[datetime]:
         """The UTC hours in ``[start, end)`` in which calls ``scope`` covers were recorded."""
-        rows = self._sql(
-            f"SELECT recorded_at, {', '.join(_BACKFILL_COLUMNS)} FROM {_USAGE} "
-            "WHERE tenant = ? AND recorded_at >= ? AND recorded_at < ?",
-            (tenant, self._dt(start), self._dt(end)),
-        ).fetchall()
-        hours = set()
-        for values in rows:
-            row = dict(zip(_BACKFILL_COLUMNS, values[1:], strict=True))
-            if row["tenant"] == tenant and scope_matches_row(scope, row):
-                hours.add(bucket_hour(aware(values[0])))
-        return hours
+        return {bucket_hour(aware(values[0])) for values in self._scoped_rows(tenant, scope, start, end)}
 
     def _backfill(self, target: Target, start: datetime, end: datetime) -> int:
         if target.scope is None or target.tenant is None:
