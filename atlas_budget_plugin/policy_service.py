@@ -532,7 +532,8 @@ class BudgetPolicyService:
         if trust_cache and self.ledger.checks_generation:
             plan = self._plan(call, inf)
             generation = self.repository.generation_of(call.tenant, plan.source)
-            if generation is not None and (plan.policies or empty_is_final):
+            # A throttle sends the reservation the Python way, which does not check the generation: ask first.
+            if generation is not None and (plan.policies or empty_is_final) and not plan.throttles:
                 return plan, generation
         return self._plan(call), None
 

@@ -675,7 +675,8 @@ class Ledger:
             return Reserved(standings, Reservation.RECORDED)
         if status == "check":  # over some limit: the policies decide; a denial needs nothing more
             return Reserved(standings, Reservation.DENIED) if not decide(standings) else None
-        self._admit(call_id, now)
+        if amount_units:  # a zero estimate holds nothing: its settlement expects no hold
+            self._admit(call_id, now)
         if decide(standings):  # it fit every limit, so every policy admits it
             return Reserved(standings, Reservation.HELD)
         self.release(call_id)  # pragma: no cover - a policy that blocks a call within its limit
@@ -1188,6 +1189,12 @@ class Ledger:
         """
 
         def work() -> None:
+            # Lock the policy's counters first (ascending ids, as every writer): a reservation that holds one
+            # commits its hold before this reads the holds, and one that comes later waits, then finds them gone.
+            self._lock_ids(
+                int(row[0])
+                for row in self._sql(f"SELECT id FROM {_COUNTER} WHERE policy_id = ?", (policy_id,)).fetchall()
+            )
             holds = self._holds("policy_id = ?", (policy_id,))
             parts = dict(self._sql(f"SELECT id, part FROM {_COUNTER} WHERE policy_id = ?", (policy_id,)).fetchall())
             # A throttle's minute counts ('rate') are admissions, not spend: they stay, or a change of the

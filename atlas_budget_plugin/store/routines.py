@@ -288,10 +288,11 @@ HOW_TO_ENABLE = (
 )
 
 
-#: Errors after which the routines cannot be used (gone, or this user may not run them): PostgreSQL's
-#: insufficient_privilege and undefined_function; MariaDB's "execute command denied" and "does not exist".
+#: Errors after which the routines cannot be used (gone, this user may not run them, or the server cannot run
+#: them as written): PostgreSQL's insufficient_privilege and undefined_function; MariaDB's "execute command
+#: denied", "does not exist", a collation its character set lacks and illegal mixes of collations.
 _UNUSABLE_PG = {"42501", "42883"}
-_UNUSABLE_MYSQL = {1370, 1305}
+_UNUSABLE_MYSQL = {1370, 1305, 1253, 1267, 1270, 1271}
 
 
 def unusable(exc: BaseException) -> bool:
@@ -348,12 +349,17 @@ def install(db: pw.Database) -> bool:
     return True
 
 
+#: Text in every MariaDB routine: the tables' own character set and exact collation, whatever the database's default
+#: character set is (latin1 before MariaDB 11.6); ``{collation}`` is filled in when the routines are created.
+_MY_UTF8 = "CHARACTER SET utf8mb4 COLLATE {collation}"
+
 #: MariaDB. Reads are ``SELECT ... INTO`` a variable (an ``IF EXISTS (SELECT ...)`` in a procedure takes shared
 #: row locks), and counters are updated by primary key (an UPDATE joined to another table may scan and lock
 #: every counter): both turned into deadlocks under concurrent calls.
 #: The targets arrive as one JSON array of ``[policy_id, part, key, from, to, limit, cap, prev]``.
-_MY_TARGETS = """JSON_TABLE(p_targets, '$[*]' COLUMNS (
-        i FOR ORDINALITY, policy_id BIGINT PATH '$[0]', part VARCHAR(250) PATH '$[1]', wkey DATETIME PATH '$[2]',
+_MY_TARGETS = f"""JSON_TABLE(p_targets, '$[*]' COLUMNS (
+        i FOR ORDINALITY, policy_id BIGINT PATH '$[0]', part VARCHAR(250) {_MY_UTF8} PATH '$[1]',
+        wkey DATETIME PATH '$[2]',
         wfrom DATETIME PATH '$[3]', wto DATETIME PATH '$[4]', lim DECIMAL(30, 0) PATH '$[5]',
         cap DECIMAL(30, 0) PATH '$[6]', prev DATETIME PATH '$[7]')) AS t"""
 _MY_KEY = "c.policy_id = t.policy_id AND c.part = t.part COLLATE {collation} AND c.window_start = t.wkey"
@@ -447,7 +453,11 @@ _MY_HANDLER = """
 
 _MY_RESERVE = f"""
 CREATE OR REPLACE PROCEDURE {RESERVE}(
-    p_call VARCHAR(200), amount BIGINT, p_now DATETIME, p_expires DATETIME, p_targets LONGTEXT,
+    p_call VARCHAR(200) {_MY_UTF8},
+    amount BIGINT,
+    p_now DATETIME,
+    p_expires DATETIME,
+    p_targets LONGTEXT {_MY_UTF8},
     p_generation BIGINT)
 BEGIN
     {_MY_DECLARE}
@@ -497,11 +507,27 @@ END
 
 _MY_SETTLE = f"""
 CREATE OR REPLACE PROCEDURE {SETTLE}(
-    p_call VARCHAR(200), amount BIGINT, p_moment DATETIME, p_recorded DATETIME, p_targets LONGTEXT,
-    p_tenant VARCHAR(200), p_actor VARCHAR(200), p_provider VARCHAR(100), p_model VARCHAR(200),
-    p_operation VARCHAR(50), p_category VARCHAR(100), p_tags LONGTEXT, p_input BIGINT, p_output BIGINT,
-    p_cache_read BIGINT, p_cache_write BIGINT, p_units LONGTEXT, p_source VARCHAR(255), p_error LONGTEXT,
-    p_lineage LONGTEXT, p_generation BIGINT)
+    p_call VARCHAR(200) {_MY_UTF8},
+    amount BIGINT,
+    p_moment DATETIME,
+    p_recorded DATETIME,
+    p_targets LONGTEXT {_MY_UTF8},
+    p_tenant VARCHAR(200) {_MY_UTF8},
+    p_actor VARCHAR(200) {_MY_UTF8},
+    p_provider VARCHAR(100) {_MY_UTF8},
+    p_model VARCHAR(200) {_MY_UTF8},
+    p_operation VARCHAR(50) {_MY_UTF8},
+    p_category VARCHAR(100) {_MY_UTF8},
+    p_tags LONGTEXT {_MY_UTF8},
+    p_input BIGINT,
+    p_output BIGINT,
+    p_cache_read BIGINT,
+    p_cache_write BIGINT,
+    p_units LONGTEXT {_MY_UTF8},
+    p_source VARCHAR(255) {_MY_UTF8},
+    p_error LONGTEXT {_MY_UTF8},
+    p_lineage LONGTEXT {_MY_UTF8},
+    p_generation BIGINT)
 BEGIN
     {_MY_DECLARE}
     DECLARE first_hold DATETIME;

@@ -540,3 +540,112 @@ def test_a_user_who_may_not_create_the_tables_gets_one_line_saying_what_to_grant
         for statement in drop.split("; "):
             admin.execute_sql(statement)
         admin.close()
+
+
+# -- regressions from an adversarial review ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_reservation_during_a_counter_rebuild_stays_counted(make: Any, fast: bool) -> None:
+    """A policy change elsewhere rebuilds its counters; a call reserving meanwhile must stay counted (both paths)."""
+    here, there = make(), make()
+    if not fast:
+        here.ledger._routines = False
+    here.policies.create_policy(ADMIN, {"name": "daily", "period": "day", "limit": "1"})
+    assert run(here, "warm")
+    policy = here.policies.repository.by_name("default", "daily")
+    assert policy is not None and policy.id is not None
+    paused, go = threading.Event(), threading.Event()
+    original = there.ledger._holds
+
+    def slow_holds(where: str, params: Any) -> Any:  # the rebuild stops right after reading the policy's holds
+        rows = original(where, params)
+        if where.startswith("policy_id"):
+            paused.set()
+            go.wait(10)
+        return rows
+
+    there.ledger._holds = slow_holds  # type: ignore[method-assign]
+
+    def rebuild() -> None:
+        there.policies.update_policy(ADMIN, policy.id, {"scope": {"actor": "alice"}})
+        there.db.close()
+
+    rebuilding = threading.Thread(target=rebuild)
+    rebuilding.start()
+    assert paused.wait(10)
+    verdicts: list[bool] = []
+    reserving = threading.Thread(target=lambda: verdicts.append(here.policies.check_budget(call("a", "0.9")).allowed))
+    reserving.start()
+    reserving.join(0.5)  # it waits for the rebuild's locks
+    go.set()
+    rebuilding.join()
+    reserving.join()
+    here.db.close()
+    assert verdicts == [True] and holds(here) == 1
+    assert list(counter_rows(here, "daily").values()) == [(Decimal("0.01"), Decimal("0.9"))]
+    assert not here.policies.check_budget(call("b", "0.9")).allowed  # 0.01 + 0.9 held + 0.9 > 1
+
+
+@pytest.mark.parametrize("change", ["new policy", "lower limit", "raise limit"])
+def test_calls_a_throttle_covers_see_policy_changes_made_elsewhere(make: Any, change: str) -> None:
+    """A throttle sends the reservation the Python way, which does not check the generation: it must ask first."""
+    here, there = make(), make()
+    limit = "0.02" if change == "raise limit" else "10"
+    throttle = {"enforcement": "throttle", "calls_per_minute": 1000}
+    policy = here.policies.create_policy(ADMIN, {"name": "slow", "period": "day", "limit": limit, **throttle})
+    assert policy.id is not None
+    assert run(here, "a") and run(here, "b")  # this process has cached its policies
+    if change == "new policy":
+        there.policies.create_policy(
+            ADMIN, {"name": "tiny", "period": "day", "limit": "0.005", "scope": {"actor": "alice"}}
+        )
+        assert not here.policies.check_budget(call("c", "0.01")).allowed  # 0.01 > 0.005
+    elif change == "lower limit":
+        there.policies.update_policy(ADMIN, policy.id, {"limit": "0.02"})
+        assert not here.policies.check_budget(call("c", "0.01")).allowed  # 0.02 spent already
+    else:
+        assert not run(here, "c")  # the day's 0.02 is used up
+        there.policies.update_policy(ADMIN, policy.id, {"limit": "10"})
+        assert run(here, "d")
+
+
+def test_a_zero_estimate_settles_in_one_statement(make: Any) -> None:
+    services = make()
+    services.policies.create_policy(ADMIN, {"name": "daily", "period": "day", "limit": "10"})
+    assert run(services, "warm")
+    with statements(services) as seen:
+        assert run(services, "free", "0", "0.01")
+    assert len(seen) == 2 and "BEGIN" not in seen
+    assert recorded(services) == Decimal("0.02")
+
+
+@pytest.mark.parametrize(("charset", "collation"), [("latin1", "latin1_swedish_ci"), ("utf8mb3", "utf8mb3_general_ci")])
+def test_a_mariadb_database_whose_default_character_set_is_not_utf8mb4(
+    make: Any, url: str, charset: str, collation: str
+) -> None:
+    """latin1 is MariaDB's own default before 11.6: routines created there must still work, with any call id."""
+    if not url.startswith("mysql"):
+        return  # PostgreSQL databases have one encoding for everything
+    services = make()
+    database = url.rsplit("/", 1)[-1].split("?")[0]
+
+    def recreate(charset: str, collation: str) -> None:
+        services.db.execute_sql(f"ALTER DATABASE `{database}` CHARACTER SET {charset} COLLATE {collation}")
+        _drop_routines(services.db)
+        assert routines.install(services.db)
+
+    recreate(charset, collation)
+    try:
+        services.ledger._routines = None
+        services.policies.create_policy(ADMIN, {"name": "daily", "period": "day", "limit": "0.05"})
+        assert run(services, "warm")
+        with statements(services) as seen:
+            assert run(services, "调用-1", "0.02", "0.02") and run(services, "emoji-😀", "0.02", "0.02")
+        assert [s for s in seen if s.startswith("CALL")] == [f"CALL {routines.RESERVE}", f"CALL {routines.SETTLE}"] * 2
+        with services.db.bind_ctx([UsageRow]):
+            stored = sorted(u.call_id for u in UsageRow.select())
+        assert stored == sorted(["warm", "调用-1", "emoji-😀"]) and recorded(services) == Decimal("0.05")
+        assert not run(services, "呼叫-1", "0.02", "0.02")
+    finally:
+        recreate("utf8mb4", "utf8mb4_general_ci")
