@@ -436,19 +436,24 @@ _RETRYABLE_MYSQL = {1213}  # deadlock found (a lock wait timeout is answered, no
 T = TypeVar("T")
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """Whether ``exc`` is a deadlock or serialization failure, after which the work can simply run again."""
+def driver_error_in(exc: BaseException, postgres: set[str], mysql: set[int]) -> bool:
+    """Whether ``exc`` is (or wraps) a driver error with one of these PostgreSQL SQLSTATEs or MariaDB error numbers."""
     # peewee re-raises the driver's error as its own; the original is its first argument.
     causes = [exc, exc.__cause__, exc.__context__, *(a for a in exc.args if isinstance(a, BaseException))]
     for cause in causes:
         if cause is None:
             continue
-        if getattr(cause, "pgcode", None) in _RETRYABLE_PG:
+        if getattr(cause, "pgcode", None) in postgres:
             return True
         args: tuple[Any, ...] = getattr(cause, "args", ())
-        if args and args[0] in _RETRYABLE_MYSQL:
+        if args and args[0] in mysql:
             return True
     return False
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether ``exc`` is a deadlock or serialization failure, after which the work can simply run again."""
+    return driver_error_in(exc, _RETRYABLE_PG, _RETRYABLE_MYSQL)
 
 
 @dataclass
@@ -584,11 +589,7 @@ _FORBIDDEN_MYSQL = {1142, 1044}
 
 
 def _forbidden(exc: BaseException) -> bool:
-    causes = [exc, exc.__cause__, exc.__context__, *(a for a in exc.args if isinstance(a, BaseException))]
-    for cause in causes:
-        if cause is not None and getattr(cause, "pgcode", None) in _FORBIDDEN_PG:
-            return True
-    return bool(exc.args) and exc.args[0] in _FORBIDDEN_MYSQL
+    return driver_error_in(exc, _FORBIDDEN_PG, _FORBIDDEN_MYSQL)
 
 
 def _create_or_upgrade(db: pw.Database) -> int:

@@ -31,7 +31,7 @@ from ..money import to_units
 from ..periods import Period, bucket_hour, parse_period, previous_window, window
 from ..types import CALL_DIMENSIONS, TAG_DIMENSIONS, TOKEN_FIELDS, Policy, Scope
 from . import routines
-from .database import is_retryable, is_sqlite, run_grouped, run_in_transaction
+from .database import driver_error_in, is_retryable, is_sqlite, run_grouped, run_in_transaction
 from .models import ThresholdMark
 
 
@@ -628,7 +628,7 @@ class Ledger:
                     pass
                 return routines.decode(self.kind, row)
             except (pw.OperationalError, pw.InternalError, pw.ProgrammingError) as exc:
-                if routines.unusable(exc):  # dropped, or EXECUTE revoked, since this process looked
+                if driver_error_in(exc, routines.UNUSABLE_PG, routines.UNUSABLE_MYSQL):  # dropped, or forbidden
                     self._routines = False
                     _log.warning("%s; every call takes the longer way from now on (%s)", exc, routines.HOW_TO_ENABLE)
                     return "missing", [], [], []

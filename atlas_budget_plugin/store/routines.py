@@ -291,22 +291,8 @@ HOW_TO_ENABLE = (
 #: Errors after which the routines cannot be used (gone, this user may not run them, or the server cannot run
 #: them as written): PostgreSQL's insufficient_privilege and undefined_function; MariaDB's "execute command
 #: denied", "does not exist", a collation its character set lacks and illegal mixes of collations.
-_UNUSABLE_PG = {"42501", "42883"}
-_UNUSABLE_MYSQL = {1370, 1305, 1253, 1267, 1270, 1271}
-
-
-def unusable(exc: BaseException) -> bool:
-    """Whether ``exc``, raised by calling a routine, means the routines cannot be used from here."""
-    causes = [exc, exc.__cause__, exc.__context__, *(a for a in exc.args if isinstance(a, BaseException))]
-    for cause in causes:
-        if cause is None:
-            continue
-        if getattr(cause, "pgcode", None) in _UNUSABLE_PG:
-            return True
-        args = getattr(cause, "args", ())
-        if args and args[0] in _UNUSABLE_MYSQL:
-            return True
-    return False
+UNUSABLE_PG = {"42501", "42883"}
+UNUSABLE_MYSQL = {1370, 1305, 1253, 1267, 1270, 1271}
 
 
 def status(db: pw.Database) -> str:
@@ -654,4 +640,16 @@ def decode(kind: str, row: tuple[Any, ...]) -> tuple[str, list[int], list[int], 
     return status, json.loads(spent or "[]"), json.loads(reserved or "[]"), json.loads(carry or "[]")
 
 
-__all__ = ["HOW_TO_ENABLE", "MAX_STORED", "RESERVE", "SETTLE", "STANDING", "VERSION", "install", "present", "status"]
+__all__ = [
+    "HOW_TO_ENABLE",
+    "MAX_STORED",
+    "RESERVE",
+    "SETTLE",
+    "STANDING",
+    "UNUSABLE_MYSQL",
+    "UNUSABLE_PG",
+    "VERSION",
+    "install",
+    "present",
+    "status",
+]
