@@ -240,6 +240,8 @@ USAGE_COLUMNS = (
     "lineage_json",
 )
 _RECORDED_AT = USAGE_COLUMNS.index("recorded_at")
+#: The usage row's values the settle routine takes after the targets, in this order.
+_SETTLE_USAGE = tuple(c for c in USAGE_COLUMNS if c not in ("call_id", "cost_units", "recorded_at"))
 _ROLLUP = "budget_usage_hourly"
 _ROLLUP_KEYS = ["tenant", "dimension", "dim_value", "hour"]
 _ROLLUP_SUMS = ["calls", "cost_units", *TOKEN_FIELDS]
@@ -702,7 +704,7 @@ class Ledger:
             naive(held_at) if held_at else None,
             naive(moment),
             *self._routine_targets(current),
-            *(row[c] for c in routines.SETTLE_USAGE_COLUMNS),
+            *(row[c] for c in _SETTLE_USAGE),
             generation() if callable(generation) else generation,  # after ``targets``: theirs
         ]
         try:

@@ -612,25 +612,6 @@ PG_TARGET_CASTS = (
     "%s::timestamp[]",
 )
 
-#: The usage row's values the settle routine takes after the targets, in order.
-SETTLE_USAGE_COLUMNS = (
-    "tenant",
-    "actor",
-    "provider",
-    "model",
-    "operation",
-    "category",
-    "tags_json",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "units_json",
-    "price_source",
-    "error",
-    "lineage_json",
-)
-
 
 def decode(kind: str, row: tuple[Any, ...]) -> tuple[str, list[int], list[int], list[int]]:
     """(status, spent, reserved, carry) from a routine's answer (MariaDB gives the lists as JSON)."""
