@@ -617,11 +617,14 @@ class Ledger:
 
     def _call_routine(self, name: str, params: Sequence[Any]) -> tuple[Any, ...]:
         """Run one routine in its own transaction (one round trip), again after a deadlock."""
-        if self.kind == "postgres":  # every routine takes four values, the targets' arrays, then the rest
-            marks = ["%s"] * 4 + list(routines.PG_TARGET_CASTS) + ["%s"] * (len(params) - 12)
-            sql = f"SELECT status, spent, reserved, carry FROM {name}({', '.join(marks)})"
-        else:
-            sql = f"CALL {name}({', '.join(['%s'] * len(params))})"
+
+        def build(count: int) -> str:
+            if self.kind == "postgres":  # every routine takes four values, the targets' arrays, then the rest
+                marks = ["%s"] * 4 + list(routines.PG_TARGET_CASTS) + ["%s"] * (count - 12)
+                return f"SELECT status, spent, reserved, carry FROM {name}({', '.join(marks)})"
+            return f"CALL {name}({', '.join(['%s'] * count)})"
+
+        sql = self._text((name, len(params)), build)
         for attempt in range(8):
             try:
                 cursor = self.db.execute_sql(sql, tuple(params))
