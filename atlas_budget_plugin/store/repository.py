@@ -130,11 +130,7 @@ class PolicyRepository:
 
     def _bump(self) -> None:
         Meta.update(value=Meta.value + 1).where(Meta.name == "policy_generation").execute()
-        self._forget()
-
-    def forget(self) -> None:
-        """Drop the cached policies and links: the next read asks the store (a routine found them stale)."""
-        self._forget()
+        self.forget()
 
     def generation_of(self, tenant: str, policies: list[Policy]) -> int | None:
         """The policy generation under which ``policies`` (a list :meth:`enabled` returned) was loaded, or None
@@ -142,9 +138,10 @@ class PolicyRepository:
         cached = self._cache.get((tenant, True))
         return cached[0] if cached is not None and cached[1] is policies else None
 
-    def _forget(self) -> None:
+    def forget(self) -> None:
         """Drop what this process cached: it sees its own changes at once. Called after a write too, since
-        checks inside the writing transaction may have cached the state before it under the new generation."""
+        checks inside the writing transaction may have cached the state before it under the new generation,
+        and when a server routine finds the cached policies stale (the next read asks the store)."""
         self._cache.clear()
         self._links.clear()
 
@@ -179,7 +176,7 @@ class PolicyRepository:
             current.check_link(child, parent)
             ScopeLink.create(tenant=tenant, child=node_text(child), parent=node_text(parent), created_at=naive(now))
             self._audit_link(tenant, actor, "link", child, parent, now)
-            self._forget()
+            self.forget()
             return True
 
     def remove_link(self, tenant: str, child: Node, parent: Node, actor: str, now: datetime) -> bool:
@@ -196,7 +193,7 @@ class PolicyRepository:
             )
             if removed:
                 self._audit_link(tenant, actor, "unlink", child, parent, now)
-            self._forget()
+            self.forget()
             return bool(removed)
 
     def _audit_link(self, tenant: str, actor: str, action: str, child: Node, parent: Node, now: datetime) -> None:
@@ -303,7 +300,7 @@ class PolicyRepository:
             ).execute()
             stored = to_policy(PolicyRow.get_by_id(row_id))
             self._audit(actor, "create", None, stored, now)
-            self._forget()
+            self.forget()
             return stored
 
     def replace(
@@ -326,7 +323,7 @@ class PolicyRepository:
                 return None
             stored = to_policy(PolicyRow.get_by_id(before.id))
             self._audit(actor, "update", before, stored, now)
-            self._forget()
+            self.forget()
             return stored
 
     def remove(self, policy: Policy, actor: str, now: datetime) -> None:
@@ -337,7 +334,7 @@ class PolicyRepository:
             Hold.delete().where(Hold.policy_id == policy.id).execute()
             ThresholdMark.delete().where(ThresholdMark.policy_id == policy.id).execute()
             self._audit(actor, "delete", policy, None, now)
-            self._forget()
+            self.forget()
 
     def audit_trail(self, tenant: str, limit: int = 100) -> list[dict[str, Any]]:
         query = AuditEntry.select().where(AuditEntry.tenant == tenant).order_by(AuditEntry.id.desc()).limit(limit)

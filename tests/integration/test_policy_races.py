@@ -96,7 +96,7 @@ def test_concurrent_policy_writes_respect_the_ceiling_and_one_policy_per_scope(
         return run
 
     together(create("a", "alice", "7"), create("b", "bob", "7"), create("a2", "alice", "3"))
-    services.policies.repository._forget()
+    services.policies.repository.forget()
     stored = [p for p in services.policies.list_policies(ADMIN) if p.scope.as_dict()]
     assert sum(p.limit for p in stored) <= Decimal(10), outcomes
     assert len({p.scope.key() for p in stored}) == len(stored), outcomes  # one policy per scope and period
@@ -127,7 +127,7 @@ def test_concurrent_links_never_make_a_cycle(tmp_path: Path, backend: str, monke
         return run
 
     together(link("team=a", "team=b"), link("team=b", "team=a"))
-    services.policies.repository._forget()
+    services.policies.repository.forget()
     assert len(services.policies.scope_links(ADMIN)) == 1
     assert services.policies.lineage(ADMIN, "team=a")  # and it answers
     services.close()
